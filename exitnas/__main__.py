@@ -1,0 +1,5 @@
+import sys
+
+from exitnas.cli import main
+
+sys.exit(main())

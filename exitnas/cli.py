@@ -1,0 +1,107 @@
+"""``exitnas`` command line: demo | list | train | evaluate.
+
+Every user-fixable problem is a :class:`~exitnas.UserError`: one line on stderr
+(``exitnas: error: ...``) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from exitnas._errors import UserError
+
+__all__ = ["main"]
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="experiment YAML file (defaults apply to what it leaves out)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set train.epochs=5 (repeatable)")
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from exitnas._registries import all_registries
+
+    for title, reg in all_registries():
+        print(f"{title}:")
+        for name, doc in reg.describe():
+            print(f"  {name:<16} {doc}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from exitnas._config import load_config
+    from exitnas.training import train_supernet
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    result = train_supernet(cfg, resume=args.resume)
+    print(f"trained {result.steps} steps at {result.images_per_s:.0f} images/s; checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from exitnas.evaluators._command import run_evaluate
+
+    return run_evaluate(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from exitnas._demo import run_demo
+
+    return run_demo(Path(args.out), quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from exitnas import __version__
+
+    parser = argparse.ArgumentParser(prog="exitnas", description="Search early-exit neural networks.")
+    parser.add_argument("--version", action="version", version=f"exitnas {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train, evaluate and report a small supernet on the built-in digits data")
+    p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
+    p.add_argument("--quick", action="store_true", help="a smaller run (for tests)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("list", help="list registered search spaces, exit heads, losses and datasets")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("train", help="train a supernet once")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from <train.out>/supernet.pt")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate one architecture of a trained supernet")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True, help="supernet checkpoint (supernet.pt)")
+    p.add_argument("--arch", required=True, help="ArchConfig JSON file (or 'largest' / 'smallest')")
+    p.add_argument("--thresholds", help="comma-separated thresholds, one per non-final exit")
+    p.add_argument("--out", help="JSON file for the results (default: next to the checkpoint)")
+    p.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UserError as e:
+        print(f"exitnas: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("exitnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Measuring archs: BN recalibration, exit caches, costs, threshold policy and protocols."""
+
+from __future__ import annotations
+
+from exitnas.evaluators._cache import ExitCache, ExitCacheStore, build_exit_cache
+from exitnas.evaluators._cost import ExitCosts, count_macs, exit_costs
+from exitnas.evaluators._evaluator import Evaluator, weights_digest
+from exitnas.evaluators._policy import ExitPolicy, PolicyResult, check_thresholds
+from exitnas.evaluators._protocols import (
+    DEFAULT_P_SWEEP,
+    CurvePoint,
+    anytime,
+    budgeted_batch,
+    fit_budgeted_thresholds,
+    oracle,
+    target_shares,
+)
+from exitnas.evaluators._recalibrate import recalibrate_bn, recalibrated_subnet
+
+__all__ = [
+    "DEFAULT_P_SWEEP",
+    "CurvePoint",
+    "Evaluator",
+    "ExitCache",
+    "ExitCacheStore",
+    "ExitCosts",
+    "ExitPolicy",
+    "PolicyResult",
+    "anytime",
+    "budgeted_batch",
+    "build_exit_cache",
+    "check_thresholds",
+    "count_macs",
+    "exit_costs",
+    "fit_budgeted_thresholds",
+    "oracle",
+    "recalibrate_bn",
+    "recalibrated_subnet",
+    "target_shares",
+    "weights_digest",
+]

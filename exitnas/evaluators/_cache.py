@@ -1,0 +1,122 @@
+"""``ExitCache``: per exit, each sample's confidence and correctness, from one pass."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from exitnas._confidence import confidence
+from exitnas.data import normalize
+from exitnas.search_space import ArchConfig, StaticNet
+
+__all__ = ["ExitCache", "build_exit_cache", "ExitCacheStore"]
+
+
+@dataclass(frozen=True, eq=False)
+class ExitCache:
+    """Everything a threshold rule needs about one arch on one split.
+
+    Attributes:
+        arch: The architecture.
+        confidence: K×N float32, confidence of exit k on sample n (in [0, 1]).
+        correct: K×N bool, whether exit k's prediction for sample n is right.
+        macs: K cumulative MACs of leaving at exit k.
+        kind: Confidence measure (``maxprob`` or ``entropy``).
+    """
+
+    arch: ArchConfig
+    confidence: np.ndarray
+    correct: np.ndarray
+    macs: np.ndarray
+    kind: str = "maxprob"
+
+    @property
+    def num_exits(self) -> int:
+        return int(self.confidence.shape[0])
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.confidence.shape[1])
+
+    def exit_accuracy(self) -> np.ndarray:
+        """Accuracy of each exit if every sample left there (the anytime curve)."""
+        return self.correct.mean(axis=1)
+
+    def save(self, path: str | Path) -> None:
+        from exitnas.training import atomic_write_bytes
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, confidence=self.confidence, correct=self.correct, macs=self.macs,
+                 arch=np.array(self.arch.to_json()), kind=np.array(self.kind))
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExitCache:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(ArchConfig.from_json(str(z["arch"])), z["confidence"], z["correct"], z["macs"],
+                       str(z["kind"]))
+
+
+@torch.no_grad()
+def build_exit_cache(net: StaticNet, arch: ArchConfig, images: Tensor, labels: Tensor,
+                     mean: tuple[float, ...], std: tuple[float, ...], macs: np.ndarray | list[int],
+                     kind: str = "maxprob", batch_size: int = 1000,
+                     device: torch.device | str = "cpu") -> ExitCache:
+    """One pass of ``net`` over ``images`` (uint8) → an :class:`ExitCache`."""
+    net.eval()
+    conf, correct = [], []
+    for i in range(0, len(images), batch_size):
+        x = normalize(images[i : i + batch_size].to(device, non_blocking=True), mean, std)
+        y = labels[i : i + batch_size].to(device)
+        outs = net(x)
+        conf.append(torch.stack([confidence(z, kind) for z in outs]).cpu())
+        correct.append(torch.stack([z.argmax(-1) == y for z in outs]).cpu())
+    return ExitCache(arch, torch.cat(conf, 1).numpy().astype(np.float32), torch.cat(correct, 1).numpy(),
+                     np.asarray(macs, dtype=np.float64), kind)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]
+
+
+class ExitCacheStore:
+    """Memo of exit caches keyed by (arch, split, confidence, weights), in memory and on disk."""
+
+    def __init__(self, directory: str | Path | None = None, weights_id: str = "") -> None:
+        self.directory = Path(directory) if directory else None
+        self.weights_id = weights_id
+        self._mem: dict[tuple[ArchConfig, str, str], ExitCache] = {}
+
+    def _path(self, arch: ArchConfig, split: str, kind: str) -> Path | None:
+        if self.directory is None:
+            return None
+        return self.directory / f"{_digest(arch.to_json(), split, kind, self.weights_id)}.npz"
+
+    def get(self, arch: ArchConfig, split: str, kind: str) -> ExitCache | None:
+        key = (arch, split, kind)
+        if key in self._mem:
+            return self._mem[key]
+        path = self._path(arch, split, kind)
+        if path is not None and path.is_file():
+            cache = ExitCache.load(path)
+            if cache.arch == arch:
+                self._mem[key] = cache
+                return cache
+        return None
+
+    def put(self, cache: ExitCache, split: str) -> None:
+        self._mem[(cache.arch, split, cache.kind)] = cache
+        path = self._path(cache.arch, split, cache.kind)
+        if path is not None:
+            cache.save(path)
+
+    def __len__(self) -> int:
+        return len(self._mem)
+
+

@@ -1,0 +1,87 @@
+"""The field's early-exit protocols (Huang et al. 2018): anytime, budgeted batch, oracle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from exitnas.evaluators._cache import ExitCache
+from exitnas.evaluators._policy import ExitPolicy
+
+__all__ = ["DEFAULT_P_SWEEP", "CurvePoint", "anytime", "budgeted_batch", "fit_budgeted_thresholds", "oracle", "target_shares"]
+
+#: Huang et al. sweep p over (0, 2]; p < 1 sends more samples to early exits.
+DEFAULT_P_SWEEP: tuple[float, ...] = tuple(np.round(np.linspace(0.05, 2.0, 40), 4))
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One point of a cost/accuracy curve."""
+
+    macs: float
+    accuracy: float
+    param: float | None = None  # exit index (anytime) or p (budgeted batch)
+    thresholds: tuple[float, ...] = ()
+    histogram: tuple[int, ...] = ()
+
+
+def anytime(cache: ExitCache) -> list[CurvePoint]:
+    """Accuracy of exit k against its cumulative MACs (every sample leaves at exit k)."""
+    acc = cache.exit_accuracy()
+    return [CurvePoint(float(cache.macs[k]), float(acc[k]), k) for k in range(cache.num_exits)]
+
+
+def target_shares(p: float, num_exits: int) -> np.ndarray:
+    """q_k ∝ p^k, normalised to sum 1 (Huang et al.'s geometric exit distribution)."""
+    q = np.power(float(p), np.arange(num_exits, dtype=np.float64))
+    return q / q.sum()
+
+
+def fit_budgeted_thresholds(val: ExitCache, p: float) -> np.ndarray:
+    """Thresholds that send ⌊N·q_k⌋ validation samples out at exit k, exit by exit.
+
+    At exit k the samples still in the network are sorted by confidence and the top
+    ⌊N·q_k⌋ leave; the threshold is the lowest confidence among them (ties may let a
+    few more leave). An exit that should let nobody leave gets threshold 1 plus epsilon
+    semantics, i.e. above every remaining confidence (capped at 1.0).
+    """
+    n, k = val.num_samples, val.num_exits
+    q = target_shares(p, k)
+    remaining = np.ones(n, dtype=bool)
+    thresholds = np.ones(k - 1)
+    for j in range(k - 1):
+        want = int(np.floor(n * q[j]))
+        conf = val.confidence[j][remaining]
+        if want <= 0 or conf.size == 0:
+            # Nobody should leave: a threshold above every remaining confidence.
+            thresholds[j] = min(1.0, float(np.nextafter(conf.max(), 2.0))) if conf.size else 1.0
+            continue
+        want = min(want, conf.size)
+        cut = float(np.sort(conf)[::-1][want - 1])
+        thresholds[j] = cut
+        remaining &= ~(val.confidence[j] >= cut)
+    return thresholds
+
+
+def budgeted_batch(val: ExitCache, test: ExitCache, p_sweep: tuple[float, ...] = DEFAULT_P_SWEEP) -> list[CurvePoint]:
+    """For each p: fit thresholds on ``val``, apply them to ``test`` → (expected MACs, accuracy)."""
+    if val.arch != test.arch:
+        raise ValueError("val and test caches are of different archs")
+    thresholds = np.stack([fit_budgeted_thresholds(val, p) for p in p_sweep])
+    res = ExitPolicy(test).evaluate(thresholds)
+    return [
+        CurvePoint(float(res.expected_macs[i]), float(res.accuracy[i]), float(p),
+                   tuple(float(v) for v in thresholds[i]), tuple(int(v) for v in res.histogram[i]))
+        for i, p in enumerate(p_sweep)
+    ]
+
+
+def oracle(cache: ExitCache) -> CurvePoint:
+    """Each sample leaves at its first correct exit (else the last): no threshold rule beats it."""
+    ok = cache.correct
+    any_ok = ok.any(axis=0)
+    first = np.where(any_ok, ok.argmax(axis=0), cache.num_exits - 1)
+    hist = np.bincount(first, minlength=cache.num_exits)
+    return CurvePoint(float(cache.macs[first].mean()), float(any_ok.mean()), None, (),
+                      tuple(int(v) for v in hist))

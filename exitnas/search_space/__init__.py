@@ -1,0 +1,22 @@
+"""Search spaces: :class:`ArchConfig`, :class:`SearchSpace`, the :class:`Supernet` and ``to_static``."""
+
+from __future__ import annotations
+
+from exitnas.search_space._arch import ARCH_FORMAT_VERSION, ArchConfig
+from exitnas.search_space._heads import HEADS, ElasticHead
+from exitnas.search_space._space import SPACES, SearchSpace, build_space
+from exitnas.search_space._static import StaticBlock, StaticNet
+from exitnas.search_space._supernet import Supernet
+
+__all__ = [
+    "ARCH_FORMAT_VERSION",
+    "ArchConfig",
+    "HEADS",
+    "ElasticHead",
+    "SPACES",
+    "SearchSpace",
+    "StaticBlock",
+    "StaticNet",
+    "Supernet",
+    "build_space",
+]

@@ -1,0 +1,89 @@
+"""Plain modules of one subnet, and its early-exit forward."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["StaticBlock", "StaticNet"]
+
+
+class StaticBlock(nn.Module):
+    """The plain residual block ``to_static`` makes of an elastic one."""
+
+    def __init__(self, conv1: nn.Module, bn1: nn.Module, conv2: nn.Module, bn2: nn.Module,
+                 shortcut: Optional[nn.Module]) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.conv2, self.bn2 = conv1, bn1, conv2, bn2
+        self.shortcut = shortcut if shortcut is not None else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.bn1(self.conv1(x)).relu()
+        y = self.bn2(self.conv2(y))
+        return (y + self.shortcut(x)).relu()
+
+
+class StaticNet(nn.Module):
+    """A subnet as ``segments[k]`` (blocks up to exit k) and ``heads[k]``.
+
+    ``forward`` returns every exit's logits (for training and for checking against the
+    supernet); ``early_exit`` stops at the first exit confident enough.
+    """
+
+    def __init__(self, segments: List[nn.Module], heads: List[nn.Module]) -> None:
+        super().__init__()
+        if len(segments) != len(heads):
+            raise ValueError("one segment per exit")
+        self.segments = nn.ModuleList(segments)
+        self.heads = nn.ModuleList(heads)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.heads)
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        outs: List[Tensor] = []
+        for seg, head in zip(self.segments, self.heads):
+            x = seg(x)
+            outs.append(head(x))
+        return outs
+
+    @torch.no_grad()
+    def early_exit(self, x: Tensor, thresholds: Tensor, kind: str = "maxprob") -> Tuple[Tensor, Tensor]:
+        """Run exit by exit; a sample leaves at the first exit whose confidence reaches its threshold.
+
+        Samples that have left are dropped from the batch, so later segments run only on the
+        rest (at batch size 1 the network really stops). ``thresholds`` has one entry per
+        non-final exit; every sample still in the batch leaves at the final exit.
+
+        Returns:
+            (logits N×C of the exit each sample left at, exit index per sample).
+        """
+        from exitnas._confidence import confidence
+
+        n = x.shape[0]
+        idx = torch.arange(n, device=x.device)
+        logits_out: Optional[Tensor] = None
+        exit_out = torch.full((n,), self.num_exits - 1, dtype=torch.long, device=x.device)
+        last = self.num_exits - 1
+        for k, (seg, head) in enumerate(zip(self.segments, self.heads)):
+            x = seg(x)
+            logits = head(x)
+            if logits_out is None:
+                logits_out = logits.new_empty((n, logits.shape[1]))
+            if k == last:
+                logits_out[idx] = logits
+                exit_out[idx] = k
+                break
+            leave = confidence(logits, kind) >= thresholds[k]
+            if bool(leave.any()):
+                logits_out[idx[leave]] = logits[leave]
+                exit_out[idx[leave]] = k
+                stay = ~leave
+                idx, x = idx[stay], x[stay]
+                if idx.numel() == 0:
+                    break
+        assert logits_out is not None
+        return logits_out, exit_out

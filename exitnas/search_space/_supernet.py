@@ -1,0 +1,123 @@
+"""The weight-sharing supernet: every subnet of a :class:`SearchSpace` in one module."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from exitnas.search_space._arch import ArchConfig
+from exitnas.search_space._heads import HEADS
+from exitnas.search_space._ops import ElasticBatchNorm2d, ElasticConv2d, ElasticMultiScaleConv2d
+from exitnas.search_space._space import SearchSpace
+from exitnas.search_space._static import StaticBlock, StaticNet
+
+__all__ = ["Supernet", "ElasticBlock"]
+
+
+class ElasticBlock(nn.Module):
+    """Residual block of two multi-scale convs; width and 5×5 ratio chosen per call."""
+
+    def __init__(self, max_in: int, max_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = ElasticMultiScaleConv2d(max_in, max_out, stride)
+        self.bn1 = ElasticBatchNorm2d(max_out)
+        self.conv2 = ElasticMultiScaleConv2d(max_out, max_out, 1)
+        self.bn2 = ElasticBatchNorm2d(max_out)
+        # Zero-init the last BN scale: each block starts as identity (Goyal et al.), which
+        # keeps shallow and deep subnets of the supernet on one footing early in training.
+        nn.init.zeros_(self.bn2.weight)
+        self.downsample = stride != 1 or max_in != max_out
+        if self.downsample:
+            self.sc_conv = ElasticConv2d(max_in, max_out, 1, stride)
+            self.sc_bn = ElasticBatchNorm2d(max_out)
+
+    def forward(self, x: Tensor, c_out: int, ratio: float) -> Tensor:
+        y = self.bn1(self.conv1(x, c_out, ratio)).relu()
+        y = self.bn2(self.conv2(y, c_out, ratio))
+        sc = self.sc_bn(self.sc_conv(x, c_out)) if self.downsample else x
+        return (y + sc).relu()
+
+    def to_static(self, c_in: int, c_out: int, ratio: float) -> StaticBlock:
+        shortcut = None
+        if self.downsample:
+            shortcut = nn.Sequential(self.sc_conv.to_static(c_in, c_out), self.sc_bn.to_static(c_out))
+        return StaticBlock(
+            self.conv1.to_static(c_in, c_out, ratio),
+            self.bn1.to_static(c_out),
+            self.conv2.to_static(c_out, c_out, ratio),
+            self.bn2.to_static(c_out),
+            shortcut,
+        )
+
+
+class Supernet(nn.Module):
+    """Elastic depth, width, multi-scale ratio and a head of every type at every block end.
+
+    ``forward(x, arch)`` runs the subnet ``arch`` and returns the logits of its exits, in
+    order. The arch is an argument, never state kept on the module, so evaluating one subnet
+    cannot leak into the next (Once-for-All's ``set_active_subnet`` lesson).
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        super().__init__()
+        self.space = space
+        c0 = space.channels[0]
+        self.stem_conv = ElasticConv2d(space.in_channels, c0, 3)
+        self.stem_bn = ElasticBatchNorm2d(c0)
+        self.stages = nn.ModuleList()
+        c_in = c0
+        for c, stride in zip(space.channels, space.strides):
+            blocks = nn.ModuleList(
+                ElasticBlock(c_in if b == 0 else c, c, stride if b == 0 else 1) for b in range(space.max_depth)
+            )
+            self.stages.append(blocks)
+            c_in = c
+        self.heads = nn.ModuleDict()
+        for s, b in space.candidate_exits():
+            self.heads[_key(s, b)] = nn.ModuleDict(
+                {h: HEADS.get(h)(space.channels[s], space.num_classes) for h in space.head_choices}
+            )
+
+    def forward(self, x: Tensor, arch: ArchConfig) -> list[Tensor]:
+        """Logits of each of ``arch``'s exits (the arch is assumed validated by the caller)."""
+        sp = self.space
+        x = self.stem_bn(self.stem_conv(x, sp.stage_channels(0, arch.widths[0]))).relu()
+        heads = dict(zip(arch.exits, arch.heads))
+        outs: list[Tensor] = []
+        for s, blocks in enumerate(self.stages):
+            c = sp.stage_channels(s, arch.widths[s])
+            for b in range(arch.depths[s]):
+                x = blocks[b](x, c, arch.ratios[s][b])
+                head = heads.get((s, b))
+                if head is not None:
+                    outs.append(self.heads[_key(s, b)][head](x))
+        return outs
+
+    def to_static(self, arch: ArchConfig) -> StaticNet:
+        """A plain ``nn.Module`` for ``arch`` holding copies of the inherited weights.
+
+        Its segments run the blocks between consecutive exits, so an early-exit forward
+        can stop after any of them.
+        """
+        self.space.validate(arch)
+        sp = self.space
+        c0 = sp.stage_channels(0, arch.widths[0])
+        stem = nn.Sequential(self.stem_conv.to_static(sp.in_channels, c0), self.stem_bn.to_static(c0), nn.ReLU())
+        exit_at = set(arch.exits)
+        segments: list[list[nn.Module]] = [[stem]]
+        heads: list[nn.Module] = []
+        c_in = c0
+        for s, d in enumerate(arch.depths):
+            c = sp.stage_channels(s, arch.widths[s])
+            for b in range(d):
+                segments[-1].append(self.stages[s][b].to_static(c_in, c, arch.ratios[s][b]))
+                c_in = c
+                if (s, b) in exit_at:
+                    heads.append(self.heads[_key(s, b)][arch.heads[len(heads)]].to_static(c))
+                    segments.append([])
+        segments.pop()  # the final exit is the last block: nothing runs after it
+        net = StaticNet([nn.Sequential(*seg) for seg in segments], heads)
+        return net.train(self.training)
+
+
+def _key(stage: int, block: int) -> str:
+    return f"s{stage}b{block}"

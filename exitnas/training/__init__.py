@@ -1,0 +1,30 @@
+"""Training the supernet once (sandwich sampling, in-place distillation, checkpoints, DDP)."""
+
+from __future__ import annotations
+
+from exitnas.training._checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from exitnas.training._losses import LOSSES, plain_loss
+from exitnas.training._trainer import (
+    TrainResult,
+    load_supernet,
+    lr_at,
+    resolve_device,
+    sandwich_archs,
+    space_for,
+    train_supernet,
+)
+
+__all__ = [
+    "LOSSES",
+    "TrainResult",
+    "atomic_write_bytes",
+    "load_checkpoint",
+    "load_supernet",
+    "lr_at",
+    "plain_loss",
+    "resolve_device",
+    "sandwich_archs",
+    "save_checkpoint",
+    "space_for",
+    "train_supernet",
+]

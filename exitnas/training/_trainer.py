@@ -1,0 +1,222 @@
+"""Train the supernet once: sandwich sampling, in-place distillation, exact resume."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from exitnas._config import ExperimentConfig
+from exitnas._errors import UserError
+from exitnas.data import GpuBatchLoader, ImageSplits, load_dataset
+from exitnas.search_space import ArchConfig, SearchSpace, Supernet, build_space
+from exitnas.training._checkpoint import check_space, load_checkpoint, save_checkpoint
+from exitnas.training._dist import (
+    DistInfo,
+    average_gradients,
+    broadcast_parameters,
+    init_distributed,
+)
+from exitnas.training._losses import LOSSES
+
+__all__ = ["TrainResult", "load_supernet", "lr_at", "resolve_device", "sandwich_archs", "space_for", "train_supernet"]
+
+CHECKPOINT_NAME = "supernet.pt"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint: Path
+    steps: int
+    images_per_s: float
+    last_loss: float
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` → the GPU when there is one, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device is {name!r} but no CUDA device is visible; use cpu or auto")
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device {name!r} is not a device; use auto, cpu or cuda") from None
+
+
+def space_for(cfg: ExperimentConfig, splits: ImageSplits) -> SearchSpace:
+    """The search space the config names, sized for the dataset's channels and classes."""
+    return build_space(cfg.space.name, in_channels=splits.in_channels, num_classes=splits.num_classes,
+                       **cfg.space.options())
+
+
+def sandwich_archs(space: SearchSpace, k: int, seed: int, step: int) -> list[ArchConfig]:
+    """Largest, smallest and ``k`` random subnets for ``step``, each with an exit at every block.
+
+    Exits do not change the backbone, so training every block end's head in every sampled
+    subnet costs little and trains every candidate exit. Head types are drawn per exit.
+    Seeded by (seed, step): every rank, and a resumed run, samples the same subnets.
+    """
+    rng = random.Random(seed * 1_000_003 + step)
+    archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(k)]
+    return [space.with_all_exits(a.replace(exits=a.exits[-1:], heads=a.heads[-1:]), rng) for a in archs]
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to zero."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def train_supernet(
+    cfg: ExperimentConfig,
+    *,
+    resume: bool = False,
+    stop_at_step: int | None = None,
+    splits: ImageSplits | None = None,
+) -> TrainResult:
+    """Train the supernet of ``cfg`` and write ``<train.out>/supernet.pt``.
+
+    Args:
+        cfg: The experiment.
+        resume: Continue from ``<train.out>/supernet.pt`` if it exists.
+        stop_at_step: Stop (with a checkpoint) after this many steps, as an interruption would.
+        splits: Already loaded data (else loaded from ``cfg.data``).
+    """
+    tc = cfg.train
+    LOSSES.get(tc.loss)
+    info = init_distributed("cuda" if resolve_device(tc.device).type == "cuda" else "cpu")
+    device = resolve_device(tc.device, info.local_rank)
+    splits = splits or load_dataset(cfg.data)
+    space = space_for(cfg, splits)
+    out = Path(tc.out)
+    ckpt_path = out / CHECKPOINT_NAME
+
+    torch.manual_seed(tc.seed)
+    model = Supernet(space).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    decay, no_decay = _param_groups(model)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tc.lr, momentum=tc.momentum, nesterov=True,
+    )
+    if tc.batch_size % info.world:
+        raise UserError(f"train.batch_size {tc.batch_size} does not split over {info.world} processes")
+    pad = tc.crop_pad if tc.crop_pad is not None else max(1, splits.image_size // 8)
+    flip = tc.flip if tc.flip is not None else splits.image_size >= 32
+    loader = GpuBatchLoader(splits.train_x, splits.train_y, splits.mean, splits.std, tc.batch_size,
+                            device=device, augment=tc.augment, pad=pad, flip=flip, seed=tc.seed)
+    spe = len(loader)
+    if spe == 0:
+        raise UserError(f"train.batch_size {tc.batch_size} is larger than the {len(splits.train_y)} training images")
+    total = max(1, round(tc.epochs * spe))
+    warmup = min(total, round(tc.warmup_epochs * spe))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, total, warmup, 1.0))
+
+    step = 0
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        check_space(state, space, ckpt_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        step = int(state["step"])
+    broadcast_parameters(model, info)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(cfg.to_yaml())
+
+    loss_fn = LOSSES.get(tc.loss)
+    end = total if stop_at_step is None else min(total, stop_at_step)
+    amp = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    bar = tqdm(total=end, initial=step, desc="train supernet", unit="step",
+               disable=not (tc.progress and info.is_main), dynamic_ncols=True)
+    model.train()
+    last_loss, seen, t0 = float("nan"), 0, time.perf_counter()
+    while step < end:
+        epoch, start = divmod(step, spe)
+        for x, y in loader.epoch(epoch, start_batch=start):
+            if info.world > 1:
+                x, y = x[info.rank :: info.world], y[info.rank :: info.world]
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            opt.zero_grad(set_to_none=True)
+            teacher = None
+            step_loss = 0.0
+            for i, arch in enumerate(sandwich_archs(space, tc.sandwich_random, tc.seed, step)):
+                with amp:
+                    logits = model(x, arch)
+                    loss = loss_fn(logits, y, teacher, tc.distill, tc.label_smoothing)
+                loss.backward()
+                if i == 0:
+                    teacher = logits[-1].detach()
+                step_loss += float(loss.detach())
+            average_gradients(model, info)
+            opt.step()
+            sched.step()
+            step += 1
+            seen += len(y) * info.world
+            last_loss = step_loss / (2 + tc.sandwich_random)
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            if info.is_main and (step % tc.checkpoint_every == 0 or step == end):
+                save_checkpoint(ckpt_path, _state(model, opt, sched, space, cfg, step, total))
+            if step >= end:
+                break
+    bar.close()
+    ips = seen / max(1e-9, time.perf_counter() - t0)
+    if info.is_main and not ckpt_path.exists():
+        save_checkpoint(ckpt_path, _state(model, opt, sched, space, cfg, step, total))
+    return TrainResult(ckpt_path, step, ips, last_loss)
+
+
+def _param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Weight decay on conv and linear weights only, not on BN scales and biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    return decay, no_decay
+
+
+def _state(model: Supernet, opt: torch.optim.Optimizer, sched: Any, space: SearchSpace,
+           cfg: ExperimentConfig, step: int, total: int) -> dict[str, Any]:
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": rng,
+        "step": step,
+        "total_steps": total,
+        "space": space.to_dict(),
+        "config": yaml.safe_load(cfg.to_yaml()),
+    }
+
+
+def load_supernet(path: str | Path, space: SearchSpace | None = None,
+                  map_location: str | torch.device = "cpu") -> tuple[Supernet, dict[str, Any]]:
+    """A trained supernet from its checkpoint (checked against ``space`` when given)."""
+    state = load_checkpoint(path, map_location)
+    sp = SearchSpace.from_dict(state["space"])
+    if space is not None:
+        check_space(state, space, path)
+    model = Supernet(sp)
+    model.load_state_dict(state["model"])
+    return model.to(map_location).eval(), state
