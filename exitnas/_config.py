@@ -7,6 +7,7 @@ value raises :class:`UserError` naming it (``train.lr must be a number, got 'fas
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -20,7 +21,7 @@ import yaml
 from exitnas._errors import UserError
 from exitnas.data import DataConfig
 
-__all__ = ["SpaceConfig", "TrainConfig", "ExperimentConfig", "load_config", "parse_overrides"]
+__all__ = ["ExperimentConfig", "SearchConfig", "SpaceConfig", "TrainConfig", "load_config", "parse_overrides"]
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,33 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """Optuna search of archs and thresholds (storage URL, sampler, budget, backend)."""
+
+    storage: str = "sqlite:///runs/exp/study.db"
+    study: str = "exitnas"
+    sampler: str = "nsga2"
+    trials: int = 200
+    objective: str = "macs"
+    budget_mmacs: float | None = None
+    backend: str = "local"
+    workers: int = 1
+    ray_address: str | None = None
+    gpus_per_worker: float = 0.0
+    seed: int = 0
+    recal_images: int = 2000
+    confidence: str = "maxprob"
+    cache_dir: str | None = None
+    checkpoint: str | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -86,9 +110,10 @@ class ExperimentConfig:
         return _build(cls, d, "")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Read a YAML file (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
-    raw: dict[str, Any] = {}
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read a YAML file (else ``base``, else the defaults) and apply ``key=value`` overrides."""
+    raw: dict[str, Any] = copy.deepcopy(base) if base else {}
     if path is not None:
         p = Path(path)
         if not p.is_file():

@@ -52,6 +52,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return run_evaluate(args)
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from exitnas._config import load_config
+    from exitnas.search import format_front, run_search
+
+    flags = {"storage": args.storage, "study": args.study, "backend": args.backend, "workers": args.workers,
+             "ray_address": args.ray_address, "gpus_per_worker": args.gpus_per_worker, "trials": args.trials,
+             "sampler": args.sampler, "objective": args.objective, "checkpoint": args.checkpoint}
+    overrides = list(args.overrides) + [f"search.{k}={v}" for k, v in flags.items() if v is not None]
+    base = _checkpoint_config(args.checkpoint) if args.config is None else None
+    cfg = load_config(args.config, overrides, base=base)
+    front = run_search(cfg)
+    print(f"Pareto front of study {cfg.search.study!r} ({cfg.search.storage}):")
+    print(format_front(front))
+    return 0
+
+
+def _checkpoint_config(checkpoint: str | None) -> dict | None:  # type: ignore[type-arg]
+    """The experiment a checkpoint was trained with (its data and space), if one is given."""
+    if checkpoint is None:
+        return None
+    from exitnas.training import load_checkpoint
+
+    return load_checkpoint(checkpoint)["config"]
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from exitnas._demo import run_demo
 
@@ -78,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from <train.out>/supernet.pt")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("search", help="search archs and thresholds with Optuna (locally or on Ray)")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", help="supernet checkpoint (default: <train.out>/supernet.pt)")
+    p.add_argument("--storage", help="sqlite:///FILE.db, journal:///FILE.log or postgresql://...")
+    p.add_argument("--study", help="study name (the same name resumes it)")
+    p.add_argument("--backend", choices=["local", "ray"])
+    p.add_argument("--workers", type=int, help="Ray workers")
+    p.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
+    p.add_argument("--gpus-per-worker", type=float)
+    p.add_argument("--trials", type=int, help="complete trials the study should reach")
+    p.add_argument("--sampler", help="nsga2 (default), tpe, gp, random")
+    p.add_argument("--objective", choices=["macs", "latency"])
+    p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("evaluate", help="evaluate one architecture of a trained supernet")
     _add_config_args(p)

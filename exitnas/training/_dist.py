@@ -16,7 +16,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistInfo", "init_distributed", "average_gradients", "broadcast_parameters", "shutdown_distributed"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "average_buffers",
+    "average_gradients",
+    "broadcast_parameters",
+    "shutdown_distributed",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,29 @@ def average_gradients(model: nn.Module, info: DistInfo) -> None:
     for g in grads:
         n = g.numel()
         g.copy_(flat[offset : offset + n].view_as(g))
+        offset += n
+
+
+def average_buffers(model: nn.Module, info: DistInfo) -> None:
+    """Average the floating-point buffers (BN running statistics) across ranks.
+
+    Each rank's BN layers update their running statistics from its own shard of the batch,
+    so without this the ranks drift apart and rank 0's checkpoint holds statistics of
+    1/world of the data. Done every step, the running averages equal an EMA of the mean of
+    the ranks' batch statistics (the EMA is linear), the same on every rank.
+    """
+    if info.world == 1:
+        return
+    bufs = [b for b in model.buffers() if b.is_floating_point()]
+    if not bufs:
+        return
+    flat = torch.cat([b.reshape(-1) for b in bufs])
+    dist.all_reduce(flat)
+    flat /= info.world
+    offset = 0
+    for b in bufs:
+        n = b.numel()
+        b.copy_(flat[offset : offset + n].view_as(b))
         offset += n
 
 

@@ -22,6 +22,7 @@ from exitnas.search_space import ArchConfig, SearchSpace, Supernet, build_space
 from exitnas.training._checkpoint import check_space, load_checkpoint, save_checkpoint
 from exitnas.training._dist import (
     DistInfo,
+    average_buffers,
     average_gradients,
     broadcast_parameters,
     init_distributed,
@@ -167,6 +168,7 @@ def train_supernet(
                     teacher = logits[-1].detach()
                 step_loss += float(loss.detach())
             average_gradients(model, info)
+            average_buffers(model, info)
             opt.step()
             sched.step()
             step += 1

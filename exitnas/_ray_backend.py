@@ -1,0 +1,89 @@
+"""N Ray workers, each running ``study.optimize`` against the same storage.
+
+The database stays the single source of truth (DESIGN §8: Ray Tune's OptunaSearch does not
+write re-run trials back), so a worker that dies loses only its running trial, which the
+storage's heartbeat marks failed and retries.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from exitnas._config import ExperimentConfig
+from exitnas._errors import UserError
+
+__all__ = ["run_ray_workers"]
+
+
+def _worker(cfg_dict: dict[str, Any], checkpoint: str, worker: int, n_trials: int, threads: int) -> int:
+    import torch
+
+    from exitnas.search import run_worker
+
+    torch.set_num_threads(max(1, threads))
+    return run_worker(ExperimentConfig.from_dict(cfg_dict), checkpoint, worker, n_trials)
+
+
+def run_ray_workers(cfg: ExperimentConfig, checkpoint: str, trials_per_worker: int) -> int:
+    """Start (or join, with ``search.ray_address``) a Ray cluster and run the workers."""
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise UserError("the ray backend needs Ray: pip install 'exitnas[ray]'") from None
+    sc = cfg.search
+    started = not ray.is_initialized()
+    if started:
+        try:
+            if sc.ray_address:
+                ray.init(address=sc.ray_address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=sc.workers, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UserError(f"cannot reach the Ray cluster {sc.ray_address or '(local)'}: {str(e).splitlines()[0]}") from None
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", sc.workers))
+        threads = max(1, cpus // sc.workers)
+        remote = ray.remote(num_cpus=1, num_gpus=sc.gpus_per_worker, max_retries=0)(_worker)
+        futures = [remote.remote(cfg.to_dict(), checkpoint, w, trials_per_worker, threads) for w in range(sc.workers)]
+        bar = _progress(cfg)
+        done_total = 0
+        pending = list(futures)
+        while pending:
+            ready, pending = ray.wait(pending, timeout=1.0)
+            for f in ready:
+                try:
+                    done_total += ray.get(f)
+                except ray.exceptions.RayError as e:  # a worker died: its finished trials are stored
+                    print(f"exitnas: a search worker failed: {str(e).splitlines()[0]}")
+            if bar is not None:
+                bar()
+        return done_total
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _progress(cfg: ExperimentConfig) -> Any:
+    """A bar fed by the database (the workers' own bars would interleave)."""
+    if not cfg.search.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    from exitnas._storage import open_storage
+    from exitnas.search import completed
+    import optuna
+
+    study = optuna.load_study(study_name=cfg.search.study, storage=open_storage(cfg.search.storage, heartbeat=False))
+    bar = tqdm(total=cfg.search.trials, initial=completed(study), desc=f"search ({cfg.search.workers} ray workers)",
+               unit="trial", dynamic_ncols=True)
+    last = [time.monotonic()]
+
+    def refresh() -> None:
+        if time.monotonic() - last[0] < 1.0:
+            return
+        last[0] = time.monotonic()
+        bar.n = completed(study)
+        bar.refresh()
+
+    return refresh

@@ -1,0 +1,70 @@
+"""Storage URLs → Optuna storages.
+
+- ``sqlite:///path.db``: one writer (a local search).
+- ``journal:///path.log`` (or a path ending in ``.log``/``.jsonl``): Optuna's journal file,
+  safe for several processes on one machine (DESIGN §8: SQLite with many writers is not).
+- ``postgresql://…`` / ``postgresql+psycopg2://…``: a cluster; heartbeats mark a crashed
+  worker's trial failed and it is retried.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+
+from exitnas._errors import UserError
+
+__all__ = ["open_storage", "storage_kind", "HEARTBEAT_INTERVAL", "GRACE_PERIOD"]
+
+HEARTBEAT_INTERVAL = 5
+GRACE_PERIOD = 20
+
+
+def storage_kind(url: str) -> str:
+    """``sqlite``, ``journal`` or ``postgresql``; anything else → :class:`UserError`."""
+    if url.startswith("sqlite:///"):
+        return "sqlite"
+    if url.startswith("journal://") or url.endswith((".log", ".jsonl")):
+        return "journal"
+    if url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
+        return "postgresql"
+    raise UserError(
+        f"storage {url!r} is not a storage URL; use sqlite:///FILE.db, journal:///FILE.log or postgresql://USER@HOST:PORT/DB"
+    )
+
+
+def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
+    """Open (creating tables or files as needed) the storage named by ``url``."""
+    kind = storage_kind(url)
+    if kind == "journal":
+        path = Path(url.removeprefix("journal://")) if url.startswith("journal://") else Path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as e:
+            raise UserError(f"storage {url}: cannot open journal file ({e.strerror})") from None
+    if kind == "postgresql" and url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    if kind == "sqlite":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {}
+    if heartbeat:
+        kwargs = {
+            "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "grace_period": GRACE_PERIOD,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=3),
+        }
+    engine_kwargs = {"connect_args": {"connect_timeout": 5}} if kind == "postgresql" else {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except ModuleNotFoundError as e:
+        raise UserError(f"storage {url}: driver {e.name} is not installed; pip install 'exitnas[postgres]'") from None
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; the user needs one line
+        msg = " ".join(str(e).split())[:200]
+        raise UserError(f"storage {url} cannot be opened: {msg}") from None

@@ -1,0 +1,261 @@
+"""Search archs and exit thresholds with Optuna, in a database, locally or on Ray workers.
+
+Roles are kept apart: the :class:`Evaluator` measures (it knows nothing of Optuna), this
+module turns trials into archs and thresholds and back into objectives, and the report
+reads the database, never this process's memory.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from exitnas._config import ExperimentConfig
+from exitnas._errors import UserError
+from exitnas._registry import Registry
+from exitnas._storage import open_storage, storage_kind
+from exitnas.evaluators import Evaluator, ExitPolicy
+from exitnas.search_space import ArchConfig, SearchSpace
+
+__all__ = [
+    "SAMPLERS",
+    "METRIC_NAMES",
+    "ArchObjective",
+    "ParetoPoint",
+    "create_or_load_study",
+    "make_sampler",
+    "pareto_front",
+    "run_search",
+    "suggest_arch",
+]
+
+METRIC_NAMES = ["val_accuracy", "expected_MMACs"]
+DIRECTIONS = ["maximize", "minimize"]
+
+#: Samplers by name; each factory takes a seed.
+SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sampler")
+SAMPLERS.register("nsga2", "NSGA-II, evolutionary multi-objective (default)")(
+    lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=20))
+SAMPLERS.register("tpe", "multivariate TPE")(
+    lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10))
+SAMPLERS.register("gp", "Gaussian-process Bayesian optimisation")(
+    lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=10))
+SAMPLERS.register("random", "uniform random search (a baseline)")(
+    lambda seed: optuna.samplers.RandomSampler(seed=seed))
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    return SAMPLERS.get(name)(seed)
+
+
+# -- trial ↔ arch ----------------------------------------------------------------------------
+def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace) -> tuple[ArchConfig, np.ndarray]:
+    """The only place ``trial.suggest_*`` is called: an arch and its thresholds.
+
+    The Optuna space is static (DESIGN §5): every trial suggests a ratio for every block
+    slot and an on/off, head and threshold for every candidate exit, used or not, so
+    evolutionary and relative samplers can learn from all of them.
+    """
+    depths = [trial.suggest_categorical(f"depth_{s}", list(space.depth_choices)) for s in range(space.num_stages)]
+    widths = [trial.suggest_categorical(f"width_{s}", list(space.width_choices)) for s in range(space.num_stages)]
+    ratios, on, heads, thr = {}, {}, {}, {}
+    for s, b in space.candidate_exits():
+        ratios[s, b] = trial.suggest_categorical(f"ratio_{s}_{b}", list(space.ratio_choices))
+        on[s, b] = trial.suggest_categorical(f"exit_{s}_{b}", [0, 1])
+        heads[s, b] = trial.suggest_categorical(f"head_{s}_{b}", list(space.head_choices))
+        thr[s, b] = trial.suggest_float(f"thr_{s}_{b}", 0.0, 1.0)
+    blocks = [(s, b) for s in range(space.num_stages) for b in range(depths[s])]
+    exits = [p for p in blocks[:-1] if on[p]] + [blocks[-1]]
+    arch = ArchConfig(space.name, tuple(depths), tuple(float(w) for w in widths),
+                      tuple(tuple(float(ratios[s, b]) for b in range(depths[s])) for s in range(space.num_stages)),
+                      tuple(exits), tuple(heads[p] for p in exits))
+    return space.validate(arch), np.array([thr[p] for p in exits[:-1]], dtype=np.float64)
+
+
+class ArchObjective:
+    """Trial → (validation accuracy, expected MMACs), with the breakdown as user attributes."""
+
+    def __init__(self, evaluator: Evaluator, budget_mmacs: float | None = None) -> None:
+        self.evaluator = evaluator
+        self.space = evaluator.space
+        self.budget_mmacs = budget_mmacs
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        arch, thresholds = suggest_arch(trial, self.space)
+        before = self.evaluator.forward_passes
+        cache = self.evaluator.cache(arch, "val")
+        res = ExitPolicy(cache).evaluate(thresholds)
+        acc, mmacs = float(res.accuracy[0]), float(res.expected_macs[0]) / 1e6
+        costs = self.evaluator.costs(arch)
+        trial.set_user_attr("arch", arch.to_dict())
+        trial.set_user_attr("thresholds", [round(float(t), 6) for t in thresholds])
+        trial.set_user_attr("exit_accuracy", [round(float(a), 6) for a in cache.exit_accuracy()])
+        trial.set_user_attr("exit_histogram", res.histogram[0].tolist())
+        trial.set_user_attr("exit_mmacs", [m / 1e6 for m in costs.macs])
+        trial.set_user_attr("head_mmacs", [m / 1e6 for m in costs.head_macs])
+        trial.set_user_attr("params", list(costs.params))
+        trial.set_user_attr("cache_reused", self.evaluator.forward_passes == before)
+        if self.budget_mmacs is not None:
+            trial.set_constraint("mmacs_over_budget", mmacs - self.budget_mmacs)
+        return acc, mmacs
+
+
+# -- studies -----------------------------------------------------------------------------------
+def create_or_load_study(cfg: ExperimentConfig, space: SearchSpace, seed_offset: int = 0) -> optuna.Study:
+    """Open the study named in ``cfg.search``, creating it once; a resumed study must match."""
+    sc = cfg.search
+    if sc.objective != "macs":
+        raise UserError(f"search.objective {sc.objective!r} is not available yet; use macs")
+    storage = open_storage(sc.storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = make_sampler(sc.sampler, sc.seed + seed_offset)
+    try:
+        study = optuna.load_study(study_name=sc.study, storage=storage, sampler=sampler)
+    except KeyError:
+        study = optuna.create_study(storage=storage, study_name=sc.study, directions=DIRECTIONS, sampler=sampler,
+                                    load_if_exists=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(METRIC_NAMES)
+        study.set_user_attr("exitnas_space", space.to_dict())
+        study.set_user_attr("objective", sc.objective)
+        return study
+    _check_same_study(study, space, sc.storage)
+    return study
+
+
+def _check_same_study(study: optuna.Study, space: SearchSpace, url: str) -> None:
+    directions = [d.name.lower() for d in study.directions]
+    names = study.metric_names
+    if directions != DIRECTIONS or (names is not None and list(names) != METRIC_NAMES):
+        raise UserError(
+            f"study {study.study_name!r} in {url} has other objectives ({names or directions}); "
+            "choose another study name"
+        )
+    theirs = study.user_attrs.get("exitnas_space")
+    if theirs is not None and theirs != space.to_dict():
+        raise UserError(f"study {study.study_name!r} in {url} searched another search space; choose another study name")
+
+
+def completed(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    trial: int
+    accuracy: float
+    mmacs: float
+    exits: int
+    arch: dict[str, Any]
+    thresholds: list[float]
+
+
+def pareto_front(study: optuna.Study) -> list[ParetoPoint]:
+    """The non-dominated feasible trials, read from the database, cheapest first."""
+    points = [
+        ParetoPoint(t.number, t.values[0], t.values[1], len(t.user_attrs.get("arch", {}).get("exits", [])),
+                    t.user_attrs.get("arch", {}), t.user_attrs.get("thresholds", []))
+        for t in study.best_trials
+    ]
+    return sorted(points, key=lambda p: (p.mmacs, -p.accuracy))
+
+
+# -- running -----------------------------------------------------------------------------------
+@dataclass
+class SearchContext:
+    """What one worker needs: the experiment, the evaluator and the objective."""
+
+    cfg: ExperimentConfig
+    evaluator: Evaluator
+    objective: ArchObjective
+
+    @classmethod
+    def build(cls, cfg: ExperimentConfig, checkpoint: str) -> SearchContext:
+        from exitnas.data import load_dataset
+        from exitnas.training import load_supernet, resolve_device, space_for
+
+        splits = load_dataset(cfg.data)
+        device = resolve_device(cfg.train.device)
+        supernet, _ = load_supernet(checkpoint, space_for(cfg, splits), map_location=device)
+        ev = Evaluator(supernet, splits, recal_images=cfg.search.recal_images, kind=cfg.search.confidence,
+                       cache_dir=cfg.search.cache_dir, device=device, seed=cfg.search.seed)
+        return cls(cfg, ev, ArchObjective(ev, cfg.search.budget_mmacs))
+
+
+def checkpoint_of(cfg: ExperimentConfig) -> str:
+    return cfg.search.checkpoint or str(Path(cfg.train.out) / "supernet.pt")
+
+
+def run_worker(cfg: ExperimentConfig, checkpoint: str, worker: int, n_trials: int | None,
+               progress: bool = False) -> int:
+    """Run trials of the study against its shared storage until it has ``search.trials``."""
+    ctx = SearchContext.build(cfg, checkpoint)
+    study = create_or_load_study(cfg, ctx.evaluator.space, seed_offset=worker)
+    stop = optuna.study.MaxTrialsCallback(cfg.search.trials, states=(TrialState.COMPLETE,))
+    callbacks: list[Any] = [stop]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.search.trials, initial=completed(study), desc="search", unit="trial", dynamic_ncols=True)
+
+        def _tick(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            bar.update(1)
+            if trial.values:
+                bar.set_postfix(acc=f"{trial.values[0]:.4f}", mmacs=f"{trial.values[1]:.2f}")
+
+        callbacks.append(_tick)
+    before = completed(study)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(ctx.objective, n_trials=n_trials, callbacks=callbacks, gc_after_trial=False)
+    if bar is not None:
+        bar.close()
+    return completed(study) - before
+
+
+def run_search(cfg: ExperimentConfig) -> list[ParetoPoint]:
+    """Run (or resume) the study of ``cfg`` and return its Pareto front, read from the database."""
+    sc = cfg.search
+    checkpoint = checkpoint_of(cfg)
+    if not Path(checkpoint).is_file():
+        raise UserError(f"checkpoint {checkpoint} does not exist; train first or set search.checkpoint")
+    if sc.backend not in ("local", "ray"):
+        raise UserError(f"search.backend {sc.backend!r} is not one of local, ray")
+    if sc.workers < 1:
+        raise UserError("search.workers must be at least 1")
+    if sc.backend == "ray" and sc.workers > 1 and storage_kind(sc.storage) == "sqlite":
+        raise UserError("several workers on one SQLite file are not safe; use journal:///FILE.log or postgresql://")
+    make_sampler(sc.sampler, sc.seed)
+    # Create the study once, before any worker starts (concurrent table creation races).
+    from exitnas.data import load_dataset
+    from exitnas.training import space_for
+    from exitnas.training._checkpoint import check_space, load_checkpoint
+
+    space = space_for(cfg, load_dataset(cfg.data))
+    check_space(load_checkpoint(checkpoint), space, checkpoint)
+    study = create_or_load_study(cfg, space)
+    remaining = max(0, sc.trials - completed(study))
+    if remaining:
+        if sc.backend == "local":
+            run_worker(cfg, checkpoint, 0, remaining, progress=sc.progress)
+        else:
+            from exitnas._ray_backend import run_ray_workers
+
+            run_ray_workers(cfg, checkpoint, math.ceil(remaining / sc.workers))
+    return pareto_front(study)
+
+
+def format_front(front: list[ParetoPoint]) -> str:
+    lines = [f"{'trial':>6} {'val acc':>8} {'MMACs':>9} {'exits':>5}"]
+    lines += [f"{p.trial:>6} {p.accuracy:>8.4f} {p.mmacs:>9.3f} {p.exits:>5}" for p in front]
+    return "\n".join(lines)
+
+
