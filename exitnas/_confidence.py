@@ -24,5 +24,6 @@ def confidence(logits: Tensor, kind: str = "maxprob") -> Tensor:
         return p.max(dim=-1).values
     if kind == "entropy":
         h = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1)
-        return 1.0 - h / math.log(logits.shape[-1])
-    raise ValueError(f"unknown confidence {kind!r}; known: {', '.join(CONFIDENCES)}")
+        # Rounding can put H a hair above log C (e.g. -2.4e-7 for uniform logits over 7 classes).
+        return (1.0 - h / math.log(logits.shape[-1])).clamp_(0.0, 1.0)
+    raise ValueError("unknown confidence " + kind + "; known: maxprob, entropy")

@@ -1,68 +1,80 @@
-"""``exitnas demo``: the pipeline end to end on the built-in digits data, in minutes on a CPU."""
+"""``exitnas demo``: the whole pipeline on the built-in digits data, in minutes on a CPU.
+
+Train a small supernet once → search archs and thresholds (Optuna, SQLite) → HTML report →
+export the best trade-off. Every path it writes is printed at the end.
+"""
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from exitnas._config import load_config
 
-__all__ = ["run_demo", "demo_overrides"]
+__all__ = ["run_demo", "demo_overrides", "choose_tradeoff"]
 
 
 def demo_overrides(out: Path, quick: bool) -> list[str]:
-    """A small space and short training sized for 8×8 digits on two CPU cores."""
+    """A small space and short budgets sized for 8×8 digits on two CPU cores."""
     return [
         "data.name=digits",
         "space.channels=[16,32,64]",
         "space.depths=[1,2,3]",
-        f"train.epochs={4 if quick else 20}",
+        f"train.epochs={3 if quick else 15}",
         "train.batch_size=64",
         "train.lr=0.1",
         "train.sandwich_random=1",
         f"train.out={out / 'supernet'}",
+        f"search.storage=sqlite:///{out / 'study.db'}",
+        "search.study=demo",
+        f"search.trials={12 if quick else 150}",
+        "search.recal_images=500",
     ]
 
 
+def choose_tradeoff(front: list, tolerance: float = 0.005):  # type: ignore[no-untyped-def,type-arg]
+    """The cheapest Pareto point within ``tolerance`` of the best validation accuracy."""
+    best = max(p.accuracy for p in front)
+    return min((p for p in front if p.accuracy >= best - tolerance), key=lambda p: p.mmacs)
+
+
 def run_demo(out: Path, quick: bool = False) -> int:
-    """Train a supernet on digits, evaluate archs on val/test, write results; print the paths."""
     from exitnas.data import load_dataset
-    from exitnas.evaluators import Evaluator, anytime, budgeted_batch, oracle
-    from exitnas.training import atomic_write_bytes, space_for, train_supernet
+    from exitnas.results._export import export_trial
+    from exitnas.search import format_front, run_search
+    from exitnas.training import train_supernet
 
     t0 = time.perf_counter()
+    out = Path(out)
+    if (out / "study.db").exists():
+        (out / "study.db").unlink()  # a fresh study each run: the demo is not a resume
     cfg = load_config(None, demo_overrides(out, quick))
     splits = load_dataset(cfg.data)
-    print(f"[1/2] training a supernet on {splits.name}: {len(splits.train_y)} train / "
+    print(f"[1/4] training a supernet once on {splits.name}: {len(splits.train_y)} train / "
           f"{len(splits.val_y)} val / {len(splits.test_y)} test images")
-    result = train_supernet(cfg, splits=splits)
-    from exitnas.training import load_supernet
-
-    supernet, _ = load_supernet(result.checkpoint, space_for(cfg, splits))
-    ev = Evaluator(supernet, splits)
-    print("[2/2] evaluating the largest and smallest subnets (BN recalibrated, thresholds fit on val)")
-    report = {}
-    for name, arch in (("largest", supernet.space.largest()), ("smallest", supernet.space.smallest(all_exits=True))):
-        c = ev.caches(arch, ("val", "test"))
-        bb = budgeted_batch(c["val"], c["test"])
-        report[name] = {
-            "arch": arch.to_dict(),
-            "anytime_test": [asdict(p) for p in anytime(c["test"])],
-            "budgeted_batch_test": [asdict(p) for p in bb],
-            "oracle_test": asdict(oracle(c["test"])),
-        }
-        final = anytime(c["test"])[-1]
-        print(f"  {name:<8} final exit: test accuracy {final.accuracy:.4f} at {final.macs / 1e6:.3f} MMACs; "
-              f"budgeted batch p=0.5: {_at(bb, 0.5)}")
-    path = out / "demo.json"
-    atomic_write_bytes(path, json.dumps(report, indent=1).encode())
-    print(f"done in {time.perf_counter() - t0:.0f} s. wrote:\n  {result.checkpoint}\n  "
-          f"{result.checkpoint.parent / 'config.yaml'}\n  {path}")
+    trained = train_supernet(cfg, splits=splits)
+    print(f"[2/4] searching {cfg.search.trials} archs + thresholds on val (Optuna {cfg.search.sampler}, "
+          f"{cfg.search.storage})")
+    front = run_search(cfg)
+    print(format_front(front))
+    chosen = choose_tradeoff(front)
+    print(f"[3/4] writing the report (test numbers for the front; chosen trial {chosen.trial})")
+    paths = [trained.checkpoint, trained.checkpoint.parent / "config.yaml", out / "study.db"]
+    try:
+        from exitnas.results import build_report
+    except ImportError:  # pragma: no cover - the report lands with the results package
+        build_report = None
+    if build_report is not None:
+        report = build_report(cfg.search.storage, cfg.search.study, str(trained.checkpoint), out / "report",
+                              trial=chosen.trial)
+        paths.append(report.html)
+    print(f"[4/4] exporting trial {chosen.trial}: val accuracy {chosen.accuracy:.4f} at {chosen.mmacs:.3f} MMACs")
+    export = export_trial(cfg.search.storage, cfg.search.study, chosen.trial, out / "export")
+    paths += [export.arch_json, export.weights, export.torchscript]
+    if export.onnx:
+        paths.append(export.onnx)
+    print(f"done in {time.perf_counter() - t0:.0f} s. wrote:")
+    for p in paths:
+        print(f"  {p}")
+    print(f"inspect the study: optuna-dashboard {cfg.search.storage}")
     return 0
-
-
-def _at(points: list, p: float) -> str:  # type: ignore[type-arg]
-    best = min(points, key=lambda q: abs(q.param - p))
-    return f"accuracy {best.accuracy:.4f} at {best.macs / 1e6:.3f} MMACs"

@@ -47,11 +47,15 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as e:
             raise UserError(f"storage {url}: cannot open journal file ({e.strerror})") from None
-    if kind == "postgresql" and url.startswith("postgres://"):
-        url = "postgresql://" + url.removeprefix("postgres://")
+    if kind == "postgresql":
+        # SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3; exitnas[postgres] ships psycopg2.
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                url = "postgresql+psycopg2://" + url.removeprefix(prefix)
     if kind == "sqlite":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     kwargs = {}
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="exitnas")
     if heartbeat:
         kwargs = {
             "heartbeat_interval": HEARTBEAT_INTERVAL,
@@ -63,8 +67,8 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except ModuleNotFoundError as e:
-        raise UserError(f"storage {url}: driver {e.name} is not installed; pip install 'exitnas[postgres]'") from None
+    except ImportError:
+        raise UserError(f"storage {url}: its database driver is not installed; pip install 'exitnas[postgres]'") from None
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; the user needs one line
         msg = " ".join(str(e).split())[:200]
         raise UserError(f"storage {url} cannot be opened: {msg}") from None

@@ -68,6 +68,25 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from exitnas.results import build_report
+    from exitnas.results._report import VAL_GAP_WARN
+
+    r = build_report(args.storage, args.study, args.checkpoint, args.out, trial=args.trial,
+                     upload=not args.no_artifacts)
+    print(f"report of study {r.front.study_name!r}: {len(r.front.pareto)} Pareto trials, "
+          f"{len(r.tests)} measured on test; curves of trial {r.chosen_trial}")
+    print(f"wrote {r.html}")
+    for path in (*r.figures.values(), r.summary):
+        print(f"  {path}")
+    if r.artifact_ids:
+        print(f"attached {len(r.artifact_ids)} artifacts to the study ({r.html.parent / 'artifacts'})")
+    if r.val_gap > VAL_GAP_WARN:
+        print(f"exitnas: warning: val accuracy measured again differs from the stored one by up to "
+              f"{r.val_gap:.4f}; is --checkpoint the supernet the study searched?", file=sys.stderr)
+    return 0
+
+
 def _checkpoint_config(checkpoint: str | None) -> dict | None:  # type: ignore[type-arg]
     """The experiment a checkpoint was trained with (its data and space), if one is given."""
     if checkpoint is None:
@@ -75,6 +94,30 @@ def _checkpoint_config(checkpoint: str | None) -> dict | None:  # type: ignore[t
     from exitnas.training import load_checkpoint
 
     return load_checkpoint(checkpoint)["config"]
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from exitnas.results._export import export_trial
+
+    r = export_trial(args.storage, args.study, args.trial, args.out, args.checkpoint, onnx=not args.no_onnx)
+    print(f"exported to {r.directory}:")
+    for p in (r.arch_json, r.weights, r.torchscript, r.onnx):
+        if p is not None:
+            print(f"  {p}")
+    return 0
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from exitnas.results._retrain import retrain_export
+
+    arch_json = Path(args.arch_json)
+    out = Path(args.out) if args.out else arch_json.parent.parent / (arch_json.parent.name + "-retrained")
+    r = retrain_export(arch_json, out, scratch=not args.finetune, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    print(f"retrained ({'fine-tuned' if args.finetune else 'from scratch'}, {r.epochs:g} epochs, {r.seconds:.0f} s): "
+          f"test accuracy {r.test_accuracy:.4f} at {r.test_expected_mmacs:.3f} expected MMACs "
+          f"(thresholds refit on val: accuracy {r.val_accuracy:.4f} at {r.val_expected_mmacs:.3f} MMACs)")
+    print(f"wrote {r.export.directory}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -117,6 +160,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", help="nsga2 (default), tpe, gp, random")
     p.add_argument("--objective", choices=["macs", "latency"])
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("report", help="HTML report of a study: front, test numbers, curves, progress")
+    p.add_argument("--storage", required=True, help="the study's storage URL")
+    p.add_argument("--study", help="study name (default: the storage's only study)")
+    p.add_argument("--checkpoint", help="supernet checkpoint (default: the one the study was searched on)")
+    p.add_argument("--out", help="folder to write (default: report-<study> beside the database file)")
+    p.add_argument("--trial", type=int, help="trial to draw curves for (default: the most accurate Pareto "
+                   "point at or below the front's median MMACs)")
+    p.add_argument("--no-artifacts", action="store_true", help="do not attach the files to the study")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("export", help="export a trial: arch.json, weights, TorchScript and ONNX")
+    p.add_argument("--storage", required=True, help="the study's storage URL")
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--trial", type=int, help="trial number (default: the most accurate Pareto point)")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--checkpoint", help="supernet checkpoint (default: the one the study was searched on)")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("retrain", help="train an exported arch on its own, refit thresholds, report test")
+    p.add_argument("arch_json", help="arch.json of an export")
+    p.add_argument("--out", help="folder for the retrained export (default: <export>-retrained)")
+    p.add_argument("--finetune", action="store_true", help="start from the inherited weights (default: scratch)")
+    p.add_argument("--epochs", type=float, help="default: the experiment's train.epochs")
+    p.add_argument("--lr", type=float, help="default: train.lr (scratch) or a tenth of it (fine-tune)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_retrain)
 
     p = sub.add_parser("evaluate", help="evaluate one architecture of a trained supernet")
     _add_config_args(p)

@@ -8,6 +8,7 @@ reads the database, never this process's memory.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,7 @@ class ArchObjective:
         trial.set_user_attr("head_mmacs", [m / 1e6 for m in costs.head_macs])
         trial.set_user_attr("params", list(costs.params))
         trial.set_user_attr("cache_reused", self.evaluator.forward_passes == before)
+        trial.set_user_attr("worker_pid", os.getpid())  # which worker ran it (Ray / several processes)
         if self.budget_mmacs is not None:
             trial.set_constraint("mmacs_over_budget", mmacs - self.budget_mmacs)
         return acc, mmacs
@@ -126,6 +128,8 @@ def create_or_load_study(cfg: ExperimentConfig, space: SearchSpace, seed_offset:
             study.set_metric_names(METRIC_NAMES)
         study.set_user_attr("exitnas_space", space.to_dict())
         study.set_user_attr("objective", sc.objective)
+        study.set_user_attr("checkpoint", str(Path(checkpoint_of(cfg)).resolve()))
+        study.set_user_attr("config", cfg.to_dict())
         return study
     _check_same_study(study, space, sc.storage)
     return study

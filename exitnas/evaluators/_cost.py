@@ -65,10 +65,16 @@ def _mean_handle(inputs: List[Any], outputs: List[Any]) -> int:
     return n  # one add per input element
 
 
+def _zero_handle(inputs: List[Any], outputs: List[Any]) -> int:
+    return 0
+
+
 def count_macs(module: nn.Module, x: Tensor) -> int:
     """MACs of ``module(x)``: convs, linears and pooling; BatchNorm is folded at deployment."""
     fca = FlopCountAnalysis(module, (x,))
-    fca.set_op_handle("aten::batch_norm", None, "aten::mean", _mean_handle)
+    # A zero handle, not None: fvcore only consults its ignore list for ops that have no
+    # handle, and batch_norm has a default one, so None would leave BN counted.
+    fca.set_op_handle("aten::batch_norm", _zero_handle, "aten::mean", _mean_handle)
     fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     return int(fca.total())
 

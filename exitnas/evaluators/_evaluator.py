@@ -32,6 +32,15 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _data_digest(splits: ImageSplits, recal_x: torch.Tensor, batch_size: int) -> str:
+    """A short hash of the recalibration images, val and test, and the BN batch size (the
+    recalibrated statistics average per-batch variances, so they depend on it)."""
+    h = hashlib.sha256(repr((splits.mean, splits.std, batch_size)).encode())
+    for t in (recal_x, splits.val_x, splits.val_y, splits.test_x, splits.test_y):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 class Evaluator:
     """Measures archs of one trained supernet on one dataset.
 
@@ -56,7 +65,9 @@ class Evaluator:
         g = torch.Generator().manual_seed(seed)
         n = min(recal_images, len(splits.train_x))
         self.recal_x = splits.train_x[torch.randperm(len(splits.train_x), generator=g)[:n]]
-        self.store = ExitCacheStore(cache_dir, weights_digest(supernet) if cache_dir else "")
+        # On disk a cache is only valid for these weights, these images and this recalibration.
+        store_id = f"{weights_digest(supernet)}-{_data_digest(splits, self.recal_x, batch_size)}" if cache_dir else ""
+        self.store = ExitCacheStore(cache_dir, store_id)
         self._costs: dict[ArchConfig, ExitCosts] = {}
         self.forward_passes = 0  # subnets built and run (a threshold-only change adds none)
 

@@ -7,6 +7,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from exitnas._confidence import confidence
+
 __all__ = ["StaticBlock", "StaticNet"]
 
 
@@ -50,40 +52,44 @@ class StaticNet(nn.Module):
             outs.append(head(x))
         return outs
 
-    @torch.no_grad()
     def early_exit(self, x: Tensor, thresholds: Tensor, kind: str = "maxprob") -> Tuple[Tensor, Tensor]:
         """Run exit by exit; a sample leaves at the first exit whose confidence reaches its threshold.
 
         Samples that have left are dropped from the batch, so later segments run only on the
         rest (at batch size 1 the network really stops). ``thresholds`` has one entry per
         non-final exit; every sample still in the batch leaves at the final exit.
+        TorchScript compiles this method (the exported early-exit model calls it).
 
         Returns:
             (logits N×C of the exit each sample left at, exit index per sample).
         """
-        from exitnas._confidence import confidence
-
-        n = x.shape[0]
-        idx = torch.arange(n, device=x.device)
-        logits_out: Optional[Tensor] = None
-        exit_out = torch.full((n,), self.num_exits - 1, dtype=torch.long, device=x.device)
-        last = self.num_exits - 1
-        for k, (seg, head) in enumerate(zip(self.segments, self.heads)):
-            x = seg(x)
-            logits = head(x)
-            if logits_out is None:
-                logits_out = logits.new_empty((n, logits.shape[1]))
-            if k == last:
-                logits_out[idx] = logits
-                exit_out[idx] = k
-                break
-            leave = confidence(logits, kind) >= thresholds[k]
-            if bool(leave.any()):
-                logits_out[idx[leave]] = logits[leave]
-                exit_out[idx[leave]] = k
-                stay = ~leave
-                idx, x = idx[stay], x[stay]
-                if idx.numel() == 0:
-                    break
-        assert logits_out is not None
-        return logits_out, exit_out
+        with torch.no_grad():
+            n = x.shape[0]
+            last = len(self.heads) - 1
+            idx = torch.arange(n, device=x.device)
+            exit_out = torch.full([n], last, dtype=torch.long, device=x.device)
+            logits_out = torch.empty([0])
+            k = 0
+            done = False
+            # No `break`: TorchScript unrolls loops over ModuleLists and forbids it there.
+            for seg, head in zip(self.segments, self.heads):
+                if not done:
+                    x = seg(x)
+                    logits = head(x)
+                    if k == 0:
+                        logits_out = torch.zeros([n, logits.shape[1]], dtype=logits.dtype, device=logits.device)
+                    if k == last:
+                        logits_out[idx] = logits
+                        exit_out[idx] = k
+                        done = True
+                    else:
+                        leave = confidence(logits, kind) >= thresholds[k]
+                        if bool(leave.any()):
+                            logits_out[idx[leave]] = logits[leave]
+                            exit_out[idx[leave]] = k
+                            stay = torch.logical_not(leave)
+                            idx = idx[stay]
+                            x = x[stay]
+                            done = idx.numel() == 0
+                k += 1
+            return logits_out, exit_out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ def _atomic(path: Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files; give the mode open() would
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new, never half
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -48,13 +52,31 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not p.is_file():
         raise UserError(f"checkpoint {p} does not exist")
     try:
-        state = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of a foreign file before refusing it; the
+            # one-line error below is what the user should see, not a warning beside it.
+            warnings.simplefilter("ignore")
+            state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any load failure is a bad file to the user
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {p} cannot be read safely ({msg[:160]})") from None
+        raise UserError(
+            f"checkpoint {p} cannot be read safely ({_load_failure(e)}); exitnas loads only tensors and "
+            "plain data, never pickled objects: use a checkpoint written by `exitnas train`"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "space" not in state:
         raise UserError(f"checkpoint {p} is not an exitnas supernet checkpoint")
     return state
+
+
+def _load_failure(e: Exception) -> str:
+    """The informative line of a ``torch.load`` error, without torch's advice to set
+    ``weights_only=False`` (the one thing a user handed a file must not do)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "GLOBAL" in ln or ln.startswith(("Unsupported", "Trying to load")):
+            return ln[:160]
+    if lines and not lines[0].startswith("Weights only load failed"):
+        return lines[0][:160]
+    return type(e).__name__
 
 
 def check_space(state: dict[str, Any], space: SearchSpace, path: str | Path) -> None:

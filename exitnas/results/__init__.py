@@ -1,0 +1,51 @@
+"""Results of a search: the Pareto front from the database, test numbers, curves, the HTML report."""
+
+from __future__ import annotations
+
+from exitnas.results._evaluate import (
+    CHOICE_RULE,
+    CurvesInfo,
+    HistogramInfo,
+    TestPoint,
+    choose_trial,
+    get_curves_info,
+    get_histogram_info,
+    get_test_info,
+    open_evaluator,
+    spread_points,
+    stage_exit_arch,
+    static_largest_arch,
+)
+from exitnas.results._figures import plot_curves, plot_front, plot_histogram, plot_progress
+from exitnas.results._front import FrontInfo, TrialRecord, load_front, pareto_mask
+from exitnas.results._hypervolume import ProgressInfo, get_progress_info, hypervolume_2d
+from exitnas.results._report import ReportResult, build_report, default_out_dir
+
+__all__ = [
+    "CHOICE_RULE",
+    "CurvesInfo",
+    "FrontInfo",
+    "HistogramInfo",
+    "ProgressInfo",
+    "ReportResult",
+    "TestPoint",
+    "TrialRecord",
+    "build_report",
+    "choose_trial",
+    "default_out_dir",
+    "get_curves_info",
+    "get_histogram_info",
+    "get_progress_info",
+    "get_test_info",
+    "hypervolume_2d",
+    "load_front",
+    "open_evaluator",
+    "pareto_mask",
+    "plot_curves",
+    "plot_front",
+    "plot_histogram",
+    "plot_progress",
+    "spread_points",
+    "stage_exit_arch",
+    "static_largest_arch",
+]

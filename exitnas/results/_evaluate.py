@@ -1,0 +1,288 @@
+"""Test numbers of chosen trials, the protocol curves of one arch, and two baselines.
+
+Thresholds come from the search (fit on val); test is only measured, never tuned on
+(DESIGN §4). All arithmetic is on exit caches; the evaluator runs each arch once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exitnas._errors import UserError
+from exitnas.evaluators import CurvePoint, Evaluator, ExitPolicy, anytime, budgeted_batch, oracle
+from exitnas.results._front import FrontInfo, TrialRecord
+from exitnas.search_space import ArchConfig, SearchSpace
+
+__all__ = [
+    "CHOICE_RULE",
+    "CurvesInfo",
+    "HistogramInfo",
+    "TestPoint",
+    "choose_trial",
+    "get_curves_info",
+    "get_histogram_info",
+    "get_test_info",
+    "open_evaluator",
+    "resolve_checkpoint",
+    "spread_points",
+    "stage_exit_arch",
+    "static_largest_arch",
+    "trial_arch",
+    "trial_thresholds",
+]
+
+MAX_POINTS = 12
+
+CHOICE_RULE = ("the most accurate Pareto point (val) whose expected MMACs are at most the front's median "
+               "MMACs: the middle of the front, a balanced trade-off that a few very cheap or very costly "
+               "points cannot move far")
+
+
+# -- which trials ------------------------------------------------------------------------------
+def choose_trial(front: FrontInfo, trial: int | None = None) -> int:
+    """``trial`` if it is a complete trial of the study, else the default rule (:data:`CHOICE_RULE`)."""
+    if trial is not None:
+        return front.trial(trial).number
+    points = front.pareto_trials
+    if not points:
+        raise UserError(f"study {front.study_name!r} has no feasible complete trial; choose one with --trial")
+    median = float(np.median([p.mmacs for p in points]))
+    under = [p for p in points if p.mmacs <= median]
+    return max(under, key=lambda p: (p.accuracy, -p.mmacs, -p.number)).number
+
+
+def spread_points(front: FrontInfo, max_points: int = MAX_POINTS, include: tuple[int, ...] = ()) -> list[int]:
+    """At most ``max_points`` Pareto trials evenly spread along MMACs (cheapest and costliest
+    kept), plus the trials in ``include``; cheapest first."""
+    points = front.pareto_trials
+    if len(points) > max_points:
+        # Even steps in MMACs, each taking the nearest unused point: a front crowded at one
+        # end still shows its whole range.
+        costs = np.array([p.mmacs for p in points])
+        picked: list[int] = []
+        for target in np.linspace(costs[0], costs[-1], max_points):
+            free = [i for i in range(len(points)) if i not in picked]
+            picked.append(min(free, key=lambda i: (abs(costs[i] - target), i)))
+        points = [points[i] for i in sorted(picked)]
+    numbers = [p.number for p in points]
+    numbers += [n for n in include if n not in numbers]
+    return sorted(numbers, key=lambda n: (front.trial(n).mmacs, n))
+
+
+# -- archs -------------------------------------------------------------------------------------
+def trial_arch(record: TrialRecord, space: SearchSpace) -> ArchConfig:
+    """The trial's stored ``arch`` attribute, checked against ``space``."""
+    d = record.user_attrs.get("arch")
+    if not isinstance(d, dict):
+        raise UserError(f"trial {record.number} stores no arch; is this an exitnas study?")
+    return space.validate(ArchConfig.from_dict(d))
+
+
+def trial_thresholds(record: TrialRecord, arch: ArchConfig) -> np.ndarray:
+    """The thresholds the search evaluated: the exact sampled ``thr_<s>_<b>`` parameters when
+    stored (the ``thresholds`` attribute is rounded to 6 digits), else that attribute."""
+    names = [f"thr_{s}_{b}" for s, b in arch.exits[:-1]]
+    if all(n in record.params for n in names):
+        return np.array([float(record.params[n]) for n in names], dtype=np.float64)
+    t = np.asarray(record.user_attrs.get("thresholds", []), dtype=np.float64)
+    if len(t) != arch.num_exits - 1:
+        raise UserError(f"trial {record.number} stores {len(t)} thresholds for {arch.num_exits} exits")
+    return t
+
+
+def static_largest_arch(space: SearchSpace) -> ArchConfig:
+    """Baseline (a): the largest subnet, final exit only (a plain static network)."""
+    return space.largest(all_exits=False)
+
+
+def stage_exit_arch(space: SearchSpace) -> ArchConfig:
+    """Baseline (b): the largest backbone with a linear exit at every stage end (MSDNet's layout)."""
+    big = space.largest(all_exits=False)
+    head = "linear" if "linear" in space.head_choices else space.head_choices[0]
+    exits = tuple((s, space.max_depth - 1) for s in range(space.num_stages))
+    return space.validate(big.replace(exits=exits, heads=(head,) * len(exits)))
+
+
+# -- the evaluator -----------------------------------------------------------------------------
+def resolve_checkpoint(front: FrontInfo, checkpoint: str | Path | None) -> Path:
+    """``checkpoint`` if given, else the one the search recorded on the study; it must exist."""
+    if checkpoint is None:
+        recorded = front.study_user_attrs.get("checkpoint")
+        if not recorded:
+            raise UserError(f"study {front.study_name!r} records no supernet checkpoint; pass --checkpoint")
+        path = Path(recorded)
+        if not path.is_file():
+            raise UserError(f"checkpoint {path} recorded by study {front.study_name!r} does not exist; "
+                            "pass --checkpoint")
+        return path
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    return path
+
+
+def open_evaluator(front: FrontInfo, checkpoint: str | Path, device: str = "auto") -> Evaluator:
+    """An :class:`Evaluator` measuring as the search did: the study's data, recalibration and
+    confidence settings (from its ``config`` attribute, else the checkpoint's config)."""
+    from exitnas._config import ExperimentConfig
+    from exitnas.data import load_dataset
+    from exitnas.training import load_checkpoint, load_supernet, resolve_device, space_for
+
+    state = load_checkpoint(checkpoint)
+    cfg = ExperimentConfig.from_dict(front.study_user_attrs.get("config") or state["config"])
+    splits = load_dataset(cfg.data)
+    space = space_for(cfg, splits)
+    theirs = front.study_user_attrs.get("exitnas_space")
+    if theirs is not None and SearchSpace.from_dict(theirs) != space:
+        raise UserError(f"study {front.study_name!r} searched another search space than its config describes")
+    if state["space"] != space.to_dict():
+        raise UserError(f"checkpoint {checkpoint} is of another search space than study {front.study_name!r}; "
+                        "pass the supernet the study searched")
+    dev = resolve_device(device)
+    supernet, _ = load_supernet(checkpoint, space, map_location=dev)
+    cache_dir = cfg.search.cache_dir if cfg.search.cache_dir and Path(cfg.search.cache_dir).is_dir() else None
+    return Evaluator(supernet, splits, recal_images=cfg.search.recal_images, kind=cfg.search.confidence,
+                     cache_dir=cache_dir, device=dev, seed=cfg.search.seed)
+
+
+# -- test numbers ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TestPoint:
+    """One trial's stored thresholds applied to test.
+
+    Attributes:
+        trial: Trial number.
+        arch: Its architecture.
+        thresholds: Its thresholds (one per non-final exit).
+        val_accuracy: Stored validation accuracy.
+        val_mmacs: Stored expected MMACs on validation.
+        val_accuracy_rerun: Validation accuracy measured again here (matches the stored one
+            when the report measures as the search did; a gap means other weights or data).
+        test_accuracy: Test accuracy with the stored thresholds.
+        test_mmacs: Expected MMACs on test.
+        test_histogram: Test samples leaving at each exit.
+        exit_mmacs: Cumulative MMACs of leaving at each exit.
+        on_front: Whether the trial is on the Pareto front.
+    """
+
+    __test__ = False  # not a pytest class
+
+    trial: int
+    arch: ArchConfig
+    thresholds: tuple[float, ...]
+    val_accuracy: float
+    val_mmacs: float
+    val_accuracy_rerun: float
+    test_accuracy: float
+    test_mmacs: float
+    test_histogram: tuple[int, ...]
+    exit_mmacs: tuple[float, ...]
+    on_front: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["arch"] = self.arch.to_dict()
+        return d
+
+
+def get_test_info(front: FrontInfo, evaluator: Evaluator, trials: list[int]) -> list[TestPoint]:
+    """Test numbers of ``trials`` (see :func:`spread_points`) with their stored thresholds."""
+    out = []
+    for n in trials:
+        rec = front.trial(n)
+        arch = trial_arch(rec, evaluator.space)
+        thr = trial_thresholds(rec, arch)
+        caches = evaluator.caches(arch, ("val", "test"))
+        val = ExitPolicy(caches["val"]).evaluate(thr)
+        test = ExitPolicy(caches["test"]).evaluate(thr)
+        out.append(TestPoint(n, arch, tuple(float(v) for v in thr), rec.accuracy, rec.mmacs,
+                             float(val.accuracy[0]), float(test.accuracy[0]), float(test.expected_macs[0]) / 1e6,
+                             tuple(int(v) for v in test.histogram[0]),
+                             tuple(float(m) / 1e6 for m in caches["test"].macs), n in front.pareto))
+    return out
+
+
+# -- curves of one arch ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CurvesInfo:
+    """The field's protocols on test for the chosen trial's arch, and two baselines.
+
+    Costs are in MACs (as in :class:`~exitnas.evaluators.CurvePoint`).
+
+    Attributes:
+        trial: The chosen trial.
+        arch: Its architecture.
+        budgeted_batch: Thresholds fit on val per p, applied to test.
+        anytime: Every sample leaving at exit k, on test.
+        oracle: Each test sample leaving at its first correct exit.
+        searched: The trial's own (searched) thresholds on test.
+        static_arch: Baseline (a), the largest subnet with its final exit only.
+        static: Its test point.
+        stage_arch: Baseline (b), the largest backbone with a linear exit per stage end.
+        stage_budgeted_batch: Its budgeted-batch curve (fit on val, applied to test).
+        stage_oracle: Its oracle point on test.
+    """
+
+    trial: int
+    arch: ArchConfig
+    budgeted_batch: tuple[CurvePoint, ...]
+    anytime: tuple[CurvePoint, ...]
+    oracle: CurvePoint
+    searched: CurvePoint
+    static_arch: ArchConfig
+    static: CurvePoint
+    stage_arch: ArchConfig
+    stage_budgeted_batch: tuple[CurvePoint, ...]
+    stage_oracle: CurvePoint
+
+
+def get_curves_info(front: FrontInfo, evaluator: Evaluator, trial: int) -> CurvesInfo:
+    """Budgeted-batch, anytime and oracle of ``trial``'s arch on test, with the baselines."""
+    rec = front.trial(trial)
+    arch = trial_arch(rec, evaluator.space)
+    thr = trial_thresholds(rec, arch)
+    c = evaluator.caches(arch, ("val", "test"))
+    res = ExitPolicy(c["test"]).evaluate(thr)
+    searched = CurvePoint(float(res.expected_macs[0]), float(res.accuracy[0]), None, tuple(float(v) for v in thr),
+                          tuple(int(v) for v in res.histogram[0]))
+    static_arch = static_largest_arch(evaluator.space)
+    static_test = evaluator.cache(static_arch, "test")
+    static = CurvePoint(float(static_test.macs[-1]), float(static_test.exit_accuracy()[-1]), 0, (),
+                        (static_test.num_samples,))
+    stage_arch = stage_exit_arch(evaluator.space)
+    sc = evaluator.caches(stage_arch, ("val", "test"))
+    return CurvesInfo(trial, arch, tuple(budgeted_batch(c["val"], c["test"])), tuple(anytime(c["test"])),
+                      oracle(c["test"]), searched, static_arch, static, stage_arch,
+                      tuple(budgeted_batch(sc["val"], sc["test"])), oracle(sc["test"]))
+
+
+# -- exit histogram ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HistogramInfo:
+    """Where the chosen trial's samples leave, on test (measured) and val (stored).
+
+    Attributes:
+        trial: The trial.
+        labels: One per exit: ``exit k (stage, block) head``.
+        test_counts: Test samples leaving at each exit with the stored thresholds.
+        val_counts: The stored validation histogram (empty if the trial stored none).
+        exit_mmacs: Cumulative MMACs of leaving at each exit.
+    """
+
+    trial: int
+    labels: tuple[str, ...]
+    test_counts: tuple[int, ...]
+    val_counts: tuple[int, ...]
+    exit_mmacs: tuple[float, ...]
+
+
+def get_histogram_info(front: FrontInfo, point: TestPoint) -> HistogramInfo:
+    """The exit histogram of a measured trial (test) beside its stored one (val)."""
+    arch = point.arch
+    labels = tuple(f"exit {k} ({s},{b}) {h}" for k, ((s, b), h) in enumerate(zip(arch.exits, arch.heads)))
+    val = front.trial(point.trial).user_attrs.get("exit_histogram") or []
+    return HistogramInfo(point.trial, labels, point.test_histogram, tuple(int(v) for v in val), point.exit_mmacs)

@@ -1,0 +1,118 @@
+"""The exported early-exit model, and loading an export without any supernet checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from exitnas._errors import UserError
+from exitnas.search_space import ArchConfig, SearchSpace, StaticNet, Supernet
+
+__all__ = ["EarlyExitModel", "load_export", "sha256_file", "EXPORT_FORMAT"]
+
+EXPORT_FORMAT = 1
+
+
+class EarlyExitModel(nn.Module):
+    """A subnet with its thresholds: images in [0, 1] → (logits, exit index) per sample.
+
+    ``forward`` stops at the first exit confident enough; samples that left are dropped
+    from the batch, so at batch size 1 later blocks never run. ``all_exits`` returns every
+    exit's logits (what the ONNX file computes). TorchScript compiles it as is.
+    """
+
+    def __init__(self, net: StaticNet, thresholds: List[float], mean: List[float], std: List[float],
+                 kind: str = "maxprob") -> None:
+        super().__init__()
+        self.net = net
+        self.kind = kind
+        self.register_buffer("thresholds", torch.tensor(thresholds, dtype=torch.float32))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.net.early_exit((x - self.mean) / self.std, self.thresholds, self.kind)
+
+    @torch.jit.export
+    def all_exits(self, x: Tensor) -> List[Tensor]:
+        return self.net((x - self.mean) / self.std)
+
+
+class _AllExits(nn.Module):
+    """What the ONNX file holds: every exit's logits (ONNX has no data-dependent early stop)."""
+
+    def __init__(self, model: EarlyExitModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        return tuple(self.model.all_exits(x))
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def static_skeleton(space: SearchSpace, arch: ArchConfig) -> StaticNet:
+    """The module structure of ``arch`` (weights to be loaded): no trained supernet involved."""
+    # Built on the meta device, the supernet and the copies allocate nothing; the result is
+    # materialised empty, for load_state_dict to fill.
+    with torch.device("meta"):
+        net = Supernet(space).to_static(arch)
+    return net.to_empty(device="cpu")
+
+
+def load_export(directory: str | Path) -> tuple[EarlyExitModel, dict[str, Any]]:
+    """Load ``arch.json`` + ``weights.safetensors`` of an export; checks hashes and shapes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    meta_path = d / "arch.json" if d.is_dir() else d
+    d = meta_path.parent
+    if not meta_path.is_file():
+        raise UserError(f"{meta_path} does not exist; point at an export folder or its arch.json")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{meta_path} is not valid JSON ({e}); re-export the trial") from None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise UserError(f"{meta_path} is not an exitnas export (format {EXPORT_FORMAT})")
+    try:
+        space = SearchSpace.from_dict(meta["space"])
+        arch = space.validate(ArchConfig.from_dict(meta["arch"]))
+        thresholds = [float(t) for t in meta["thresholds"]]
+        mean, std = [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
+        kind = str(meta.get("confidence", "maxprob"))
+        weights_name, weights_hash = meta["files"]["weights"]["name"], meta["files"]["weights"]["sha256"]
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, UserError):
+            raise UserError(f"{meta_path}: {e}") from None
+        raise UserError(f"{meta_path} is missing or has a malformed field ({e}); re-export the trial") from None
+    if len(thresholds) != arch.num_exits - 1 or not all(0.0 <= t <= 1.0 for t in thresholds):
+        raise UserError(f"{meta_path}: thresholds must be {arch.num_exits - 1} numbers in [0, 1]")
+    weights = d / weights_name
+    if not weights.is_file():
+        raise UserError(f"{weights} does not exist; re-export the trial")
+    if sha256_file(weights) != weights_hash:
+        raise UserError(f"{weights} does not match its sha256 in {meta_path.name}; the file was changed or corrupted")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{weights} cannot be read ({e})") from None
+    net = static_skeleton(space, arch)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"{weights} does not fit the arch in {meta_path.name} ({str(e).splitlines()[0]})") from None
+    net.requires_grad_(False)  # an inference model
+    return EarlyExitModel(net.eval(), thresholds, mean, std, kind).eval(), meta

@@ -1,0 +1,247 @@
+"""One self-contained HTML report of a study, its figures, and their Optuna artifacts."""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from exitnas._errors import UserError
+from exitnas.results._evaluate import (
+    CHOICE_RULE,
+    MAX_POINTS,
+    CurvesInfo,
+    HistogramInfo,
+    TestPoint,
+    choose_trial,
+    get_curves_info,
+    get_histogram_info,
+    get_test_info,
+    open_evaluator,
+    resolve_checkpoint,
+    spread_points,
+)
+from exitnas.results._figures import plot_curves, plot_front, plot_histogram, plot_progress
+from exitnas.results._front import FrontInfo, load_front, open_study
+from exitnas.results._hypervolume import ProgressInfo, get_progress_info
+
+__all__ = ["REPORT_NAME", "VAL_GAP_WARN", "ReportResult", "build_report", "default_out_dir"]
+
+REPORT_NAME = "report.html"
+#: A val accuracy measured again that differs more than this from the stored one is flagged:
+#: beyond GPU nondeterminism, it means another supernet or other data than the search's.
+VAL_GAP_WARN = 0.005
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What :func:`build_report` wrote and the numbers behind it.
+
+    Attributes:
+        html: The report file.
+        figures: Figure name → its own HTML file (plotly.js from the CDN; the report is the offline copy).
+        summary: JSON file with the front table and the chosen trial's curves.
+        artifact_ids: Optuna artifact id of each uploaded file, by file name.
+        chosen_trial: Trial whose curves and histogram are drawn.
+        front, tests, curves, progress, histogram: The info objects behind the figures.
+    """
+
+    html: Path
+    figures: dict[str, Path]
+    summary: Path
+    artifact_ids: dict[str, str]
+    chosen_trial: int
+    front: FrontInfo
+    tests: tuple[TestPoint, ...]
+    curves: CurvesInfo
+    progress: ProgressInfo
+    histogram: HistogramInfo
+
+    @property
+    def val_gap(self) -> float:
+        """Largest |val accuracy measured here − stored|: 0 when the report measures as the search
+        did; more means other weights, data or numerics than the search's."""
+        return max(abs(p.val_accuracy_rerun - p.val_accuracy) for p in self.tests)
+
+
+def default_out_dir(storage_url: str, study_name: str) -> Path:
+    """``report-<study>`` beside a SQLite or journal file, else in the current folder."""
+    for prefix in ("sqlite:///", "journal://"):
+        if storage_url.startswith(prefix):
+            return Path(storage_url.removeprefix(prefix)).parent / f"report-{study_name}"
+    if storage_url.endswith((".log", ".jsonl")):
+        return Path(storage_url).parent / f"report-{study_name}"
+    return Path(f"report-{study_name}")
+
+
+def build_report(storage_url: str, study_name: str | None, checkpoint: str | Path | None = None,
+                 out_dir: str | Path | None = None, trial: int | None = None, *, device: str = "auto",
+                 max_points: int = MAX_POINTS, upload: bool = True) -> ReportResult:
+    """Measure a study's chosen trials on test and write one HTML report with its figures.
+
+    Everything the user can get wrong (URL, study, trial, checkpoint) is checked before
+    anything is written. The front is read from the database; test numbers use the
+    stored thresholds; the chosen trial (``trial``, else :data:`~exitnas.results.CHOICE_RULE`)
+    gets the protocol curves and the exit histogram.
+
+    Args:
+        storage_url: The study's storage URL.
+        study_name: The study (None: the storage's only study).
+        checkpoint: The supernet the study searched (None: the one the study recorded).
+        out_dir: Output folder (None: ``report-<study>`` beside the database file).
+        trial: The trial to draw curves for (None: the default rule).
+        device: Where subnets run (``auto``: the GPU if there is one).
+        max_points: Pareto trials measured on test, spread along MMACs.
+        upload: Attach the report and figures to the study as Optuna artifacts
+            (``<out_dir>/artifacts``). Each call uploads new ones; earlier ones stay.
+
+    Raises:
+        UserError: Bad URL, unknown study, no complete trial, a trial not in the study,
+            a missing or foreign checkpoint.
+    """
+    front = load_front(storage_url, study_name)
+    chosen = choose_trial(front, trial)
+    ckpt = resolve_checkpoint(front, checkpoint)
+    evaluator = open_evaluator(front, ckpt, device)
+
+    tests = tuple(get_test_info(front, evaluator, spread_points(front, max_points, include=(chosen,))))
+    curves = get_curves_info(front, evaluator, chosen)
+    progress = get_progress_info(front)
+    histogram = get_histogram_info(front, next(p for p in tests if p.trial == chosen))
+    figures = {
+        "front": plot_front(front, tests, curves),
+        "curves": plot_curves(curves),
+        "histogram": plot_histogram(histogram),
+        "progress": plot_progress(progress),
+    }
+
+    from exitnas.training import atomic_write_bytes
+
+    out = Path(out_dir) if out_dir is not None else default_out_dir(storage_url, front.study_name)
+    fig_paths = {}
+    for name, fig in figures.items():
+        fig_paths[name] = out / "figures" / f"{name}.html"
+        atomic_write_bytes(fig_paths[name], pio.to_html(fig, include_plotlyjs="cdn", full_html=True).encode())
+    report = out / REPORT_NAME
+    gap = max(abs(p.val_accuracy_rerun - p.val_accuracy) for p in tests)
+    meta = {"checkpoint": str(ckpt), "chosen": chosen, "rule": None if trial is not None else CHOICE_RULE,
+            "val_gap": gap, "max_points": max_points}
+    atomic_write_bytes(report, render_html(front, tests, figures, meta).encode())
+    summary = out / "summary.json"
+    atomic_write_bytes(summary, json.dumps(_summary(front, tests, curves, progress, meta), indent=1).encode())
+
+    ids: dict[str, str] = {}
+    if upload:
+        ids = _upload(storage_url, front.study_name, [report, *fig_paths.values()], out / "artifacts")
+    return ReportResult(report, fig_paths, summary, ids, chosen, front, tests, curves, progress, histogram)
+
+
+# -- HTML ----------------------------------------------------------------------------------------
+def render_html(front: FrontInfo, tests: tuple[TestPoint, ...], figures: dict[str, go.Figure],
+                meta: dict[str, Any]) -> str:
+    """The report page: plotly.js inline once in the head, every figure after it, the table."""
+    from plotly.offline import get_plotlyjs
+
+    import exitnas
+    import plotly
+    import torch
+
+    e = html.escape
+    versions = f"exitnas {exitnas.__version__}, torch {torch.__version__}, optuna {optuna.__version__}, " \
+               f"plotly {plotly.__version__}"
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    n_complete = len(front.trials)
+    chosen = meta["chosen"]
+    why = f"the default rule: {e(meta['rule'])}" if meta["rule"] else "chosen with --trial"
+    parts = [
+        "<!DOCTYPE html>", "<html><head><meta charset=\"utf-8\">",
+        f"<title>exitnas report: {e(front.study_name)}</title>",
+        f"<script type=\"text/javascript\">{get_plotlyjs()}</script>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "tr.chosen{background:#fff3c4}.note{color:#555}</style>",
+        "</head><body>",
+        f"<h1>exitnas report: study {e(front.study_name)}</h1>",
+        f"<p class=\"note\">storage {e(front.storage_url)} · supernet {e(meta['checkpoint'])} · "
+        f"{n_complete} complete of {front.num_trials} trials · {len(front.pareto)} on the Pareto front"
+        f"{' (feasible only)' if front.has_constraints else ''} · {e(when)} · {e(versions)}</p>",
+        "<p class=\"note\">Search and thresholds saw only the validation split; test numbers apply the "
+        "stored thresholds unchanged (budgeted-batch curves fit theirs on val).</p>",
+        f"<p>Curves and histogram: trial {chosen}, {why}.</p>",
+        *([f"<p><b>Warning:</b> validation accuracy measured again differs from the stored one by up to "
+           f"{meta['val_gap']:.4f}: is this the supernet (and data) the study searched?</p>"]
+          if meta["val_gap"] > VAL_GAP_WARN else []),
+        f"<h2>Pareto front: {len(tests)} trials measured on test</h2>",
+        f"<p class=\"note\">Up to {meta['max_points']} of the {len(front.pareto)} Pareto trials, spread along MMACs, "
+        "and the chosen trial. The figure files beside this report load plotly.js from its CDN; this "
+        "page carries it inline and works offline.</p>",
+        _table(tests, chosen),
+    ]
+    titles = {"front": "Front and baselines", "curves": f"Trial {chosen}: protocols on test",
+              "histogram": f"Trial {chosen}: exit histogram", "progress": "Search progress"}
+    for name, fig in figures.items():
+        parts.append(f"<h2>{e(titles.get(name, name))}</h2>")
+        parts.append(pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=f"fig-{name}",
+                                 default_height="480px"))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _table(tests: tuple[TestPoint, ...], chosen: int) -> str:
+    head = ("trial", "val acc", "test acc", "val MMACs", "test MMACs", "exits", "test exit histogram")
+    rows = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for p in tests:
+        cls = " class=\"chosen\"" if p.trial == chosen else ""
+        mark = "" if p.on_front else " (off front)"
+        exits = " ".join(f"{s},{b}" for s, b in p.arch.exits)
+        cells = (f"{p.trial}{mark}", f"{p.val_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{p.val_mmacs:.3f}",
+                 f"{p.test_mmacs:.3f}", f"{p.arch.num_exits}: {exits}", " ".join(map(str, p.test_histogram)))
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _summary(front: FrontInfo, tests: tuple[TestPoint, ...], curves: CurvesInfo, progress: ProgressInfo,
+             meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "study": front.study_name, "storage": front.storage_url, **meta,
+        "pareto": list(front.pareto), "points": [p.to_dict() for p in tests],
+        "curves": {
+            "arch": curves.arch.to_dict(),
+            "budgeted_batch_test": [asdict(p) for p in curves.budgeted_batch],
+            "anytime_test": [asdict(p) for p in curves.anytime],
+            "oracle_test": asdict(curves.oracle), "searched_test": asdict(curves.searched),
+            "static_largest_test": asdict(curves.static), "static_largest_arch": curves.static_arch.to_dict(),
+            "stage_exits_budgeted_batch_test": [asdict(p) for p in curves.stage_budgeted_batch],
+            "stage_exits_arch": curves.stage_arch.to_dict(),
+        },
+        "hypervolume": {"trials": list(progress.trial_numbers), "values": list(progress.hypervolume),
+                        "reference": list(progress.reference)},
+    }
+
+
+# -- artifacts -----------------------------------------------------------------------------------
+def _upload(storage_url: str, study_name: str, files: list[Path], base: Path) -> dict[str, str]:
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    base.mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(base_path=str(base))
+    study = open_study(storage_url, study_name)
+    ids = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for f in files:
+            try:
+                ids[f.name] = upload_artifact(artifact_store=store, file_path=str(f), study_or_trial=study)
+            except Exception as err:  # noqa: BLE001 - read-only database, full disk: the files are written
+                raise UserError(f"report written to {f.parent}, but uploading {f.name} as an artifact "
+                                f"failed ({' '.join(str(err).split())[:160]}); rerun with --no-artifacts") from None
+    return ids

@@ -1,0 +1,151 @@
+"""Anytime, oracle and budgeted-batch protocols on hand-built and random caches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from exitnas.evaluators import (
+    DEFAULT_P_SWEEP,
+    ExitCache,
+    ExitPolicy,
+    anytime,
+    budgeted_batch,
+    fit_budgeted_thresholds,
+    oracle,
+    target_shares,
+)
+
+# The same 3 × 6 test cache as test_policy.py (binary-fraction confidences).
+TEST_CONF = [
+    [0.875, 0.25, 0.625, 0.5, 0.9375, 0.125],
+    [0.375, 0.75, 0.6875, 0.4375, 1.0, 0.5],
+    [0.5, 0.875, 0.8125, 0.625, 1.0, 0.6875],
+]
+TEST_CORRECT = [
+    [1, 0, 0, 1, 1, 0],
+    [0, 1, 1, 0, 1, 0],
+    [1, 1, 0, 1, 1, 0],
+]
+# A different val cache, no ties inside an exit.
+VAL_CONF = [
+    [0.125, 0.875, 0.3125, 0.8125, 0.25, 0.375],
+    [0.5, 0.9375, 0.625, 0.75, 0.3125, 0.1875],
+    [0.5, 0.5, 0.5, 0.5, 0.5, 0.5],
+]
+VAL_CORRECT = [[1, 1, 1, 1, 1, 1]] * 3
+MACS = [1, 2, 4]
+
+
+@pytest.fixture
+def test_cache(make_cache: Any) -> ExitCache:
+    return make_cache(TEST_CONF, TEST_CORRECT, MACS)
+
+
+@pytest.fixture
+def val_cache(make_cache: Any) -> ExitCache:
+    return make_cache(VAL_CONF, VAL_CORRECT, MACS)
+
+
+def test_anytime(test_cache: ExitCache) -> None:
+    pts = anytime(test_cache)
+    assert [p.macs for p in pts] == [1.0, 2.0, 4.0]
+    assert [p.accuracy for p in pts] == pytest.approx([3 / 6, 3 / 6, 4 / 6])
+    assert [p.param for p in pts] == [0, 1, 2]
+
+
+def test_oracle_by_hand(test_cache: ExitCache) -> None:
+    # first correct exits: 0, 1, 1, 0, 0, and sample 5 is never right → the last exit
+    o = oracle(test_cache)
+    assert o.histogram == (3, 2, 1)
+    assert o.accuracy == pytest.approx(5 / 6)
+    assert o.macs == pytest.approx((1 + 2 + 2 + 1 + 1 + 4) / 6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_oracle_beats_every_threshold_vector(random_cache: Any, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    cache = random_cache(rng, int(rng.integers(1, 6)), int(rng.integers(1, 150)))
+    o = oracle(cache)
+    th = rng.random((300, cache.num_exits - 1))
+    th[0], th[1] = 0.0, 1.0
+    res = ExitPolicy(cache).evaluate(th)
+    assert np.all(res.accuracy <= o.accuracy + 1e-12)
+    assert o.accuracy >= max(a.accuracy for a in anytime(cache)) - 1e-12
+    assert sum(o.histogram) == cache.num_samples
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5, 1.0, 1.7, 2.0])
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_target_shares(p: float, k: int) -> None:
+    q = target_shares(p, k)
+    assert q.sum() == pytest.approx(1.0)
+    assert q.shape == (k,)
+    assert np.allclose(q[1:] / q[:-1], p)
+
+
+def test_fit_by_hand(val_cache: ExitCache) -> None:
+    # p = 1: q = (1/3, 1/3, 1/3), two of six val samples leave at each exit.
+    # exit 0: top two are 0.875, 0.8125 → t0 = 0.8125; left: samples 0, 2, 4, 5
+    # exit 1: among those 0.5, 0.625, 0.3125, 0.1875 → top two 0.625, 0.5 → t1 = 0.5
+    t = fit_budgeted_thresholds(val_cache, 1.0)
+    assert t.tolist() == [0.8125, 0.5]
+    assert ExitPolicy(val_cache).evaluate(t).histogram.tolist() == [[2, 2, 2]]
+
+
+def test_budgeted_batch_applies_val_thresholds_to_test(val_cache: ExitCache, test_cache: ExitCache) -> None:
+    (pt,) = budgeted_batch(val_cache, test_cache, (1.0,))
+    assert pt.param == 1.0
+    assert pt.thresholds == (0.8125, 0.5)
+    # on test with (0.8125, 0.5): exits 0, 1, 1, 2, 0, 1 → right 1,1,1,1,1,0; MACs 1+2+2+4+1+2
+    assert pt.histogram == (2, 3, 1)
+    assert pt.accuracy == pytest.approx(5 / 6)
+    assert pt.macs == pytest.approx(12 / 6)
+    # not what the val cache itself would give
+    assert ExitPolicy(val_cache).evaluate(pt.thresholds).histogram.tolist() == [[2, 2, 2]]
+
+
+def test_budgeted_batch_sweep_matches_policy(random_cache: Any) -> None:
+    rng = np.random.default_rng(3)
+    val, test = random_cache(rng, 4, 300, ties=False), random_cache(rng, 4, 250)
+    test = ExitCache(val.arch, test.confidence, test.correct, val.macs)
+    pts = budgeted_batch(val, test)
+    assert [p.param for p in pts] == [float(p) for p in DEFAULT_P_SWEEP]
+    res = ExitPolicy(test).evaluate(np.array([p.thresholds for p in pts]), method="dense")
+    assert [p.accuracy for p in pts] == pytest.approx(res.accuracy.tolist())
+    assert [p.macs for p in pts] == pytest.approx(res.expected_macs.tolist())
+    assert [list(p.histogram) for p in pts] == res.histogram.tolist()
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+@pytest.mark.parametrize("n", [7, 64, 1000])
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.8, 1.0, 1.6, 2.0])
+def test_fit_hits_target_shares_without_ties(random_cache: Any, k: int, n: int, p: float) -> None:
+    rng = np.random.default_rng(k * 7919 + n)
+    val = random_cache(rng, k, n, ties=False)
+    assert all(len(np.unique(row)) == n for row in val.confidence)  # no ties
+    t = fit_budgeted_thresholds(val, p)
+    assert t.shape == (k - 1,) and np.all((t >= 0) & (t <= 1))
+    want = np.floor(n * target_shares(p, k)).astype(int)
+    hist = ExitPolicy(val).evaluate(t).histogram[0]
+    assert hist[:-1].tolist() == want[:-1].tolist()
+    assert hist[-1] == n - want[:-1].sum()
+
+
+def test_fit_when_an_exit_should_take_nobody(make_cache: Any) -> None:
+    # p = 2, K = 4, N = 6: q = (1, 2, 4, 8)/15 → ⌊6q⌋ = (0, 0, 1, 3): exits 0 and 1 stay empty
+    conf = [[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],
+            [0.15, 0.25, 0.35, 0.45, 0.55, 0.65], [0.5] * 6]
+    val = make_cache(conf, np.ones((4, 6)), [1, 2, 3, 4])
+    t = fit_budgeted_thresholds(val, 2.0)
+    assert t[0] > 0.6 and t[1] > 0.6
+    assert ExitPolicy(val).evaluate(t).histogram.tolist() == [[0, 0, 1, 5]]
+
+
+def test_budgeted_batch_rejects_different_archs(val_cache: ExitCache, make_cache: Any, chain_arch: Any) -> None:
+    other = make_cache(np.zeros((3, 6)), np.zeros((3, 6)), MACS,
+                       arch=chain_arch(3).replace(widths=(0.5,)))
+    with pytest.raises(ValueError, match="different archs"):
+        budgeted_batch(val_cache, other)
