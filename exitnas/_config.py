@@ -79,6 +79,7 @@ class SearchConfig:
     sampler: str = "nsga2"
     trials: int = 200
     objective: str = "macs"
+    latency_table: str | None = None
     budget_mmacs: float | None = None
     backend: str = "local"
     workers: int = 1

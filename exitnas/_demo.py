@@ -11,13 +11,14 @@ from pathlib import Path
 
 from exitnas._config import load_config
 
-__all__ = ["run_demo", "demo_overrides", "choose_tradeoff"]
+__all__ = ["run_demo", "demo_overrides"]
 
 
 def demo_overrides(out: Path, quick: bool) -> list[str]:
     """A small space and short budgets sized for 8×8 digits on two CPU cores."""
     return [
         "data.name=digits",
+        "data.val_size=0.2",
         "space.channels=[16,32,64]",
         "space.depths=[1,2,3]",
         f"train.epochs={3 if quick else 15}",
@@ -32,15 +33,9 @@ def demo_overrides(out: Path, quick: bool) -> list[str]:
     ]
 
 
-def choose_tradeoff(front: list, tolerance: float = 0.005):  # type: ignore[no-untyped-def,type-arg]
-    """The cheapest Pareto point within ``tolerance`` of the best validation accuracy."""
-    best = max(p.accuracy for p in front)
-    return min((p for p in front if p.accuracy >= best - tolerance), key=lambda p: p.mmacs)
-
-
 def run_demo(out: Path, quick: bool = False) -> int:
     from exitnas.data import load_dataset
-    from exitnas.results._export import export_trial
+    from exitnas.results import CHOICE_RULE, build_report, choose_trial, export_trial, load_front
     from exitnas.search import format_front, run_search
     from exitnas.training import train_supernet
 
@@ -57,19 +52,16 @@ def run_demo(out: Path, quick: bool = False) -> int:
           f"{cfg.search.storage})")
     front = run_search(cfg)
     print(format_front(front))
-    chosen = choose_tradeoff(front)
-    print(f"[3/4] writing the report (test numbers for the front; chosen trial {chosen.trial})")
-    paths = [trained.checkpoint, trained.checkpoint.parent / "config.yaml", out / "study.db"]
-    try:
-        from exitnas.results import build_report
-    except ImportError:  # pragma: no cover - the report lands with the results package
-        build_report = None
-    if build_report is not None:
-        report = build_report(cfg.search.storage, cfg.search.study, str(trained.checkpoint), out / "report",
-                              trial=chosen.trial)
-        paths.append(report.html)
-    print(f"[4/4] exporting trial {chosen.trial}: val accuracy {chosen.accuracy:.4f} at {chosen.mmacs:.3f} MMACs")
-    export = export_trial(cfg.search.storage, cfg.search.study, chosen.trial, out / "export")
+    chosen = choose_trial(load_front(cfg.search.storage, cfg.search.study))
+    print(f"[3/4] writing the report (test numbers for the front; chosen trial {chosen}: {CHOICE_RULE})")
+    report = build_report(cfg.search.storage, cfg.search.study, str(trained.checkpoint), out / "report", trial=chosen)
+    point = next(p for p in report.tests if p.trial == chosen)
+    static = report.curves.static
+    print(f"  trial {chosen}: test accuracy {point.test_accuracy:.4f} at {point.test_mmacs:.3f} expected MMACs "
+          f"(static largest subnet: {static.accuracy:.4f} at {static.macs / 1e6:.3f} MMACs)")
+    print(f"[4/4] exporting trial {chosen} (inherited weights, TorchScript, ONNX)")
+    export = export_trial(cfg.search.storage, cfg.search.study, chosen, out / "export")
+    paths = [trained.checkpoint, trained.checkpoint.parent / "config.yaml", out / "study.db", report.html]
     paths += [export.arch_json, export.weights, export.torchscript]
     if export.onnx:
         paths.append(export.onnx)

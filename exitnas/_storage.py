@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -35,6 +36,26 @@ def storage_kind(url: str) -> str:
     raise UserError(
         f"storage {url!r} is not a storage URL; use sqlite:///FILE.db, journal:///FILE.log or postgresql://USER@HOST:PORT/DB"
     )
+
+
+def _fast_sqlite(storage: RDBStorage) -> None:
+    """WAL journal with synchronous=NORMAL: one fsync per checkpoint instead of per commit.
+
+    Optuna commits many times per trial; with the default rollback journal each commit costs
+    an fsync (~20 ms on this machine's disk: 1.4 s per trial). WAL keeps the database
+    consistent after a crash (at worst the last commits are lost, never half-written), and
+    lets a reader such as optuna-dashboard read while the search writes.
+    """
+    from sqlalchemy import event
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    event.listen(storage.engine, "connect", on_connect)
+    storage.engine.dispose()  # connections opened while creating tables get the pragmas anew
 
 
 def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
@@ -66,7 +87,10 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        if kind == "sqlite":
+            _fast_sqlite(storage)
+        return storage
     except ImportError:
         raise UserError(f"storage {url}: its database driver is not installed; pip install 'exitnas[postgres]'") from None
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; the user needs one line

@@ -58,7 +58,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     flags = {"storage": args.storage, "study": args.study, "backend": args.backend, "workers": args.workers,
              "ray_address": args.ray_address, "gpus_per_worker": args.gpus_per_worker, "trials": args.trials,
-             "sampler": args.sampler, "objective": args.objective, "checkpoint": args.checkpoint}
+             "sampler": args.sampler, "objective": args.objective, "checkpoint": args.checkpoint,
+             "latency_table": args.latency_table}
     overrides = list(args.overrides) + [f"search.{k}={v}" for k, v in flags.items() if v is not None]
     base = _checkpoint_config(args.checkpoint) if args.config is None else None
     cfg = load_config(args.config, overrides, base=base)
@@ -120,6 +121,21 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from exitnas._config import load_config
+    from exitnas.data import load_dataset
+    from exitnas.evaluators._latency import profile_space
+    from exitnas.training import resolve_device, space_for
+
+    cfg = load_config(args.config, args.overrides)
+    splits = load_dataset(cfg.data)
+    device = resolve_device(args.device)
+    table = profile_space(space_for(cfg, splits), splits.image_size, device, repeats=args.repeats)
+    table.save(args.out)
+    print(f"measured {len(table.entries)} ops on {table.device_name}; wrote {args.out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from exitnas._demo import run_demo
 
@@ -159,7 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="complete trials the study should reach")
     p.add_argument("--sampler", help="nsga2 (default), tpe, gp, random")
     p.add_argument("--objective", choices=["macs", "latency"])
+    p.add_argument("--latency-table", help="lut.json from exitnas profile (for --objective latency)")
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("profile", help="measure block and head latencies at batch size 1 into a table")
+    _add_config_args(p)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", required=True, help="lut.json to write")
+    p.add_argument("--repeats", type=int, default=30)
+    p.set_defaults(func=_cmd_profile)
 
     p = sub.add_parser("report", help="HTML report of a study: front, test numbers, curves, progress")
     p.add_argument("--storage", required=True, help="the study's storage URL")
@@ -174,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a trial: arch.json, weights, TorchScript and ONNX")
     p.add_argument("--storage", required=True, help="the study's storage URL")
     p.add_argument("--study", required=True, help="study name")
-    p.add_argument("--trial", type=int, help="trial number (default: the most accurate Pareto point)")
+    p.add_argument("--trial", type=int, help="trial number (default: the report's choice: the most accurate Pareto point at or below the front's median MMACs)")
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--checkpoint", help="supernet checkpoint (default: the one the study was searched on)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")

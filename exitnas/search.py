@@ -23,6 +23,7 @@ from exitnas._errors import UserError
 from exitnas._registry import Registry
 from exitnas._storage import open_storage, storage_kind
 from exitnas.evaluators import Evaluator, ExitPolicy
+from exitnas.evaluators._latency import LatencyTable
 from exitnas.search_space import ArchConfig, SearchSpace
 
 __all__ = [
@@ -38,7 +39,12 @@ __all__ = [
 ]
 
 METRIC_NAMES = ["val_accuracy", "expected_MMACs"]
+LATENCY_METRIC_NAMES = ["val_accuracy", "expected_ms"]
 DIRECTIONS = ["maximize", "minimize"]
+
+
+def metric_names(objective: str) -> list[str]:
+    return LATENCY_METRIC_NAMES if objective == "latency" else METRIC_NAMES
 
 #: Samplers by name; each factory takes a seed.
 SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sampler")
@@ -83,10 +89,12 @@ def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace) -> tuple[Arc
 class ArchObjective:
     """Trial → (validation accuracy, expected MMACs), with the breakdown as user attributes."""
 
-    def __init__(self, evaluator: Evaluator, budget_mmacs: float | None = None) -> None:
+    def __init__(self, evaluator: Evaluator, budget_mmacs: float | None = None,
+                 latency: LatencyTable | None = None) -> None:
         self.evaluator = evaluator
         self.space = evaluator.space
         self.budget_mmacs = budget_mmacs
+        self.latency = latency
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         arch, thresholds = suggest_arch(trial, self.space)
@@ -95,8 +103,14 @@ class ArchObjective:
         res = ExitPolicy(cache).evaluate(thresholds)
         acc, mmacs = float(res.accuracy[0]), float(res.expected_macs[0]) / 1e6
         costs = self.evaluator.costs(arch)
+        second = mmacs
+        if self.latency is not None:
+            exit_ms = self.latency.exit_latency(self.space, arch)
+            second = float(ExitPolicy(cache, exit_ms).evaluate(thresholds).expected_macs[0])
+            trial.set_user_attr("exit_ms", exit_ms)
+            trial.set_user_attr("expected_MMACs", mmacs)
         trial.set_user_attr("arch", arch.to_dict())
-        trial.set_user_attr("thresholds", [round(float(t), 6) for t in thresholds])
+        trial.set_user_attr("thresholds", [float(t) for t in thresholds])
         trial.set_user_attr("exit_accuracy", [round(float(a), 6) for a in cache.exit_accuracy()])
         trial.set_user_attr("exit_histogram", res.histogram[0].tolist())
         trial.set_user_attr("exit_mmacs", [m / 1e6 for m in costs.macs])
@@ -106,15 +120,15 @@ class ArchObjective:
         trial.set_user_attr("worker_pid", os.getpid())  # which worker ran it (Ray / several processes)
         if self.budget_mmacs is not None:
             trial.set_constraint("mmacs_over_budget", mmacs - self.budget_mmacs)
-        return acc, mmacs
+        return acc, second
 
 
 # -- studies -----------------------------------------------------------------------------------
 def create_or_load_study(cfg: ExperimentConfig, space: SearchSpace, seed_offset: int = 0) -> optuna.Study:
     """Open the study named in ``cfg.search``, creating it once; a resumed study must match."""
     sc = cfg.search
-    if sc.objective != "macs":
-        raise UserError(f"search.objective {sc.objective!r} is not available yet; use macs")
+    if sc.objective not in ("macs", "latency"):
+        raise UserError(f"search.objective {sc.objective!r} is not one of macs, latency")
     storage = open_storage(sc.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = make_sampler(sc.sampler, sc.seed + seed_offset)
@@ -125,20 +139,20 @@ def create_or_load_study(cfg: ExperimentConfig, space: SearchSpace, seed_offset:
                                     load_if_exists=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(METRIC_NAMES)
+            study.set_metric_names(metric_names(sc.objective))
         study.set_user_attr("exitnas_space", space.to_dict())
         study.set_user_attr("objective", sc.objective)
         study.set_user_attr("checkpoint", str(Path(checkpoint_of(cfg)).resolve()))
         study.set_user_attr("config", cfg.to_dict())
         return study
-    _check_same_study(study, space, sc.storage)
+    _check_same_study(study, space, sc.storage, metric_names(sc.objective))
     return study
 
 
-def _check_same_study(study: optuna.Study, space: SearchSpace, url: str) -> None:
+def _check_same_study(study: optuna.Study, space: SearchSpace, url: str, wanted: list[str]) -> None:
     directions = [d.name.lower() for d in study.directions]
     names = study.metric_names
-    if directions != DIRECTIONS or (names is not None and list(names) != METRIC_NAMES):
+    if directions != DIRECTIONS or (names is not None and list(names) != wanted):
         raise UserError(
             f"study {study.study_name!r} in {url} has other objectives ({names or directions}); "
             "choose another study name"
@@ -191,7 +205,14 @@ class SearchContext:
         supernet, _ = load_supernet(checkpoint, space_for(cfg, splits), map_location=device)
         ev = Evaluator(supernet, splits, recal_images=cfg.search.recal_images, kind=cfg.search.confidence,
                        cache_dir=cfg.search.cache_dir, device=device, seed=cfg.search.seed)
-        return cls(cfg, ev, ArchObjective(ev, cfg.search.budget_mmacs))
+        latency = None
+        if cfg.search.objective == "latency":
+            if not cfg.search.latency_table:
+                raise UserError("search.objective latency needs a table: exitnas profile --out lut.json, "
+                                "then --latency-table lut.json")
+            latency = LatencyTable.load(cfg.search.latency_table)
+            latency.exit_latency(ev.space, ev.space.smallest())  # fails early if of another space
+        return cls(cfg, ev, ArchObjective(ev, cfg.search.budget_mmacs, latency))
 
 
 def checkpoint_of(cfg: ExperimentConfig) -> str:
@@ -200,11 +221,19 @@ def checkpoint_of(cfg: ExperimentConfig) -> str:
 
 def run_worker(cfg: ExperimentConfig, checkpoint: str, worker: int, n_trials: int | None,
                progress: bool = False) -> int:
-    """Run trials of the study against its shared storage until it has ``search.trials``."""
+    """Run trials of the study against its shared storage until it has ``search.trials``.
+
+    Returns the number of trials this worker completed (other workers' trials not counted).
+    """
     ctx = SearchContext.build(cfg, checkpoint)
     study = create_or_load_study(cfg, ctx.evaluator.space, seed_offset=worker)
     stop = optuna.study.MaxTrialsCallback(cfg.search.trials, states=(TrialState.COMPLETE,))
-    callbacks: list[Any] = [stop]
+    mine = [0]
+
+    def _count(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        mine[0] += trial.state == TrialState.COMPLETE
+
+    callbacks: list[Any] = [stop, _count]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -217,12 +246,11 @@ def run_worker(cfg: ExperimentConfig, checkpoint: str, worker: int, n_trials: in
                 bar.set_postfix(acc=f"{trial.values[0]:.4f}", mmacs=f"{trial.values[1]:.2f}")
 
         callbacks.append(_tick)
-    before = completed(study)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(ctx.objective, n_trials=n_trials, callbacks=callbacks, gc_after_trial=False)
     if bar is not None:
         bar.close()
-    return completed(study) - before
+    return mine[0]
 
 
 def run_search(cfg: ExperimentConfig) -> list[ParetoPoint]:
@@ -258,8 +286,12 @@ def run_search(cfg: ExperimentConfig) -> list[ParetoPoint]:
 
 
 def format_front(front: list[ParetoPoint]) -> str:
-    lines = [f"{'trial':>6} {'val acc':>8} {'MMACs':>9} {'exits':>5}"]
-    lines += [f"{p.trial:>6} {p.accuracy:>8.4f} {p.mmacs:>9.3f} {p.exits:>5}" for p in front]
+    """The front as a table; trials with identical objectives share one row."""
+    rows: dict[tuple[float, float], list[ParetoPoint]] = {}
+    for p in front:
+        rows.setdefault((p.accuracy, p.mmacs), []).append(p)
+    lines = [f"{'trial':>6} {'val acc':>8} {'MMACs':>9} {'exits':>5}  same values"]
+    for (acc, mmacs), ps in rows.items():
+        same = f"  +{len(ps) - 1} trials" if len(ps) > 1 else ""
+        lines.append(f"{ps[0].trial:>6} {acc:>8.4f} {mmacs:>9.3f} {ps[0].exits:>5}{same}")
     return "\n".join(lines)
-
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,6 @@ class ExitCache:
 
     def save(self, path: str | Path) -> None:
         from exitnas.training import atomic_write_bytes
-        import io
 
         buf = io.BytesIO()
         np.savez(buf, confidence=self.confidence, correct=self.correct, macs=self.macs,

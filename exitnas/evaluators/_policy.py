@@ -24,7 +24,8 @@ class PolicyResult:
 
     Attributes:
         accuracy: T, fraction of samples right at the exit they left at.
-        expected_macs: T, mean MACs per sample (Σ_k P(exit k)·macs_k).
+        expected_macs: T, mean cost per sample (Σ_k P(exit k)·cost_k; MACs unless the policy
+            was given other costs, such as latencies).
         histogram: T×K, number of samples leaving at each exit.
     """
 
@@ -50,8 +51,12 @@ def check_thresholds(thresholds: np.ndarray | list[float] | tuple[float, ...], n
 class ExitPolicy:
     """The threshold rule "leave at the first exit whose confidence ≥ its threshold" on a cache."""
 
-    def __init__(self, cache: ExitCache) -> None:
+    def __init__(self, cache: ExitCache, costs: np.ndarray | list[float] | None = None) -> None:
+        """``costs``: cumulative cost of each exit (default: the cache's MACs; e.g. latencies)."""
         self.cache = cache
+        self.costs = cache.macs if costs is None else np.asarray(costs, dtype=np.float64)
+        if self.costs.shape != (cache.num_exits,):
+            raise ValueError(f"costs must have one entry per exit ({cache.num_exits})")
         self._tables: list[np.ndarray] | None = None
 
     # -- one vector, per sample ------------------------------------------------------------
@@ -76,7 +81,7 @@ class ExitPolicy:
         else:
             raise ValueError(f"unknown method {method!r}")
         n = self.cache.num_samples
-        return PolicyResult(right.sum(1) / n, hist @ self.cache.macs / n, hist)
+        return PolicyResult(right.sum(1) / n, hist @ self.costs / n, hist)
 
     def _dense(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c, ok = self.cache.confidence, self.cache.correct

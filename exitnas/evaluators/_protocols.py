@@ -43,8 +43,8 @@ def fit_budgeted_thresholds(val: ExitCache, p: float) -> np.ndarray:
 
     At exit k the samples still in the network are sorted by confidence and the top
     ⌊N·q_k⌋ leave; the threshold is the lowest confidence among them (ties may let a
-    few more leave). An exit that should let nobody leave gets threshold 1 plus epsilon
-    semantics, i.e. above every remaining confidence (capped at 1.0).
+    few more leave). An exit that should let nobody leave gets a threshold just above every
+    remaining confidence (capped at 1.0).
     """
     n, k = val.num_samples, val.num_exits
     q = target_shares(p, k)

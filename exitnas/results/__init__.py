@@ -16,36 +16,48 @@ from exitnas.results._evaluate import (
     stage_exit_arch,
     static_largest_arch,
 )
+from exitnas.results._export import ExportResult, export_trial, load_trial, write_export
 from exitnas.results._figures import plot_curves, plot_front, plot_histogram, plot_progress
 from exitnas.results._front import FrontInfo, TrialRecord, load_front, pareto_mask
 from exitnas.results._hypervolume import ProgressInfo, get_progress_info, hypervolume_2d
+from exitnas.results._model import EarlyExitModel, load_export
 from exitnas.results._report import ReportResult, build_report, default_out_dir
+from exitnas.results._retrain import RetrainResult, refit_thresholds, retrain_export
 
 __all__ = [
     "CHOICE_RULE",
     "CurvesInfo",
+    "EarlyExitModel",
+    "ExportResult",
     "FrontInfo",
     "HistogramInfo",
     "ProgressInfo",
     "ReportResult",
+    "RetrainResult",
     "TestPoint",
     "TrialRecord",
     "build_report",
     "choose_trial",
     "default_out_dir",
+    "export_trial",
     "get_curves_info",
     "get_histogram_info",
     "get_progress_info",
     "get_test_info",
     "hypervolume_2d",
+    "load_export",
     "load_front",
+    "load_trial",
     "open_evaluator",
     "pareto_mask",
     "plot_curves",
     "plot_front",
     "plot_histogram",
     "plot_progress",
+    "refit_thresholds",
+    "retrain_export",
     "spread_points",
     "stage_exit_arch",
     "static_largest_arch",
+    "write_export",
 ]

@@ -41,7 +41,7 @@ def library_versions() -> dict[str, str]:
 
 
 def load_trial(storage: str, study_name: str, number: int | None) -> tuple[optuna.Study, optuna.trial.FrozenTrial]:
-    """A COMPLETE trial of a stored study (``None``: the most accurate Pareto point)."""
+    """A COMPLETE trial of a stored study (``None``: the report's choice, CHOICE_RULE)."""
     from exitnas._storage import open_storage
 
     try:
@@ -52,7 +52,10 @@ def load_trial(storage: str, study_name: str, number: int | None) -> tuple[optun
     if not complete:
         raise UserError(f"study {study_name!r} has no complete trial yet; run exitnas search first")
     if number is None:
-        return study, max(study.best_trials, key=lambda t: (t.values[0], -t.values[1]))
+        from exitnas.results._evaluate import choose_trial
+        from exitnas.results._front import load_front
+
+        number = choose_trial(load_front(storage, study_name))
     if number not in complete:
         raise UserError(f"study {study_name!r} has no complete trial {number}")
     return study, complete[number]

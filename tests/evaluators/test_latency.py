@@ -1,0 +1,84 @@
+"""Latency table: profiling, arithmetic of exit latencies, search objective, bad tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from exitnas._errors import UserError
+from exitnas.evaluators import ExitCache, ExitPolicy
+from exitnas.evaluators._latency import LatencyTable, profile_space, time_call
+from exitnas.search_space import build_space
+
+
+@pytest.fixture(scope="module")
+def space():  # type: ignore[no-untyped-def]
+    return build_space("msr-resnet", in_channels=1, num_classes=10, channels=(8, 16), depths=(1, 2),
+                       widths=(0.5, 1.0), ratios=(0.0, 1.0), heads=("linear", "msdnet"))
+
+
+@pytest.fixture(scope="module")
+def table(space, tmp_path_factory):  # type: ignore[no-untyped-def]
+    torch.set_num_threads(1)
+    t = profile_space(space, 8, torch.device("cpu"), warmup=1, repeats=3, inner=1, progress=False)
+    path = tmp_path_factory.mktemp("lut") / "lut.json"
+    t.save(path)
+    return LatencyTable.load(path)
+
+
+def test_profile_covers_every_choice_with_provenance(space, table) -> None:  # type: ignore[no-untyped-def]
+    # stem per width, blocks per (stage, first/rest, c_in, c_out, ratio), heads per (type, stage, width)
+    n_stem = 2
+    n_first = 2 * 2 + 2 * 2 * 2  # stage 0: c_in = c_out; stage 1: every input width
+    n_rest = 2 * 2 * 2
+    n_heads = 2 * 2 * 2
+    assert len(table.entries) == n_stem + n_first + n_rest + n_heads + 1
+    for e in table.entries.values():
+        assert e["median_ms"] > 0 and e["count"] == 3 and e["iqr_ms"] >= 0
+    assert table.device == "cpu" and table.torch_version == torch.__version__ and table.date
+
+
+def test_exit_latency_is_a_sum_of_table_entries(space, table) -> None:  # type: ignore[no-untyped-def]
+    arch = space.largest()  # depth 2 per stage, every block an exit
+    lat = table.exit_latency(space, arch)
+    assert len(lat) == arch.num_exits and all(b > a for a, b in zip(lat, lat[1:]))
+    e = {k: v["median_ms"] for k, v in table.entries.items()}
+    h = "head|linear"
+    first = e["stem|8"] + e["block|s0|first|8>8|r1"] + e[f"{h}|s0|8"] + e["decision"]
+    assert lat[0] == pytest.approx(first)
+    second = first + e["block|s0|rest|8>8|r1"] + e[f"{h}|s0|8"] + e["decision"]
+    assert lat[1] == pytest.approx(second)
+
+
+def test_expected_latency_uses_the_same_policy_arithmetic(space, table) -> None:  # type: ignore[no-untyped-def]
+    arch = space.largest()
+    lat = np.array(table.exit_latency(space, arch))
+    rng = np.random.default_rng(0)
+    cache = ExitCache(arch, rng.random((arch.num_exits, 50)).astype(np.float32),
+                      rng.random((arch.num_exits, 50)) < 0.5, np.arange(1, arch.num_exits + 1, dtype=float))
+    t = np.full(arch.num_exits - 1, 0.5)
+    exits = ExitPolicy(cache).exits(t)
+    got = ExitPolicy(cache, lat).evaluate(t).expected_macs[0]
+    assert got == pytest.approx(lat[exits].mean())
+
+
+def test_table_of_another_space_or_malformed_is_refused(space, table, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    other = build_space("msr-resnet", in_channels=1, num_classes=10, channels=(4, 8), depths=(1, 2))
+    with pytest.raises(UserError):
+        table.exit_latency(other, other.largest())
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": 99}))
+    with pytest.raises(UserError):
+        LatencyTable.load(bad)
+    with pytest.raises(UserError):
+        LatencyTable.load(tmp_path / "missing.json")
+
+
+def test_time_call_counts_and_orders() -> None:
+    x = torch.randn(64, 64)
+    small = time_call(lambda: x @ x, torch.device("cpu"), warmup=1, repeats=5, inner=2)
+    assert small["count"] == 10 and small["median_ms"] > 0
