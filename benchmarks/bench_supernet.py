@@ -49,6 +49,11 @@ class Row:
     def ratio(self) -> float:
         return statistics.median(self.sup) / statistics.median(self.sta)
 
+    @property
+    def paired(self) -> float:
+        """Median of the per-pair ratios: each pair ran back to back, so it shares the load."""
+        return statistics.median(a / b for a, b in zip(self.sup, self.sta))
+
 
 def _iqr(ts: list[float]) -> float:
     q = statistics.quantiles(ts, n=4, method="inclusive")
@@ -105,19 +110,24 @@ def _archs(space: SearchSpace, seed: int) -> list[tuple[str, ArchConfig]]:
 
 
 def _describe(a: ArchConfig) -> str:
-    ratios = "/".join("".join(f"{r:g}" if r in (0, 1) else f"{r:g}"[1:] for r in row) for row in a.ratios)
-    return f"d={''.join(map(str, a.depths))} w={','.join(f'{w:g}' for w in a.widths)} r={ratios} exits={a.num_exits}"
+    """Compact arch: depths, widths, per-stage ratios (blocks split by commas), exit count."""
+    def num(v: float) -> str:
+        return f"{v:g}".lstrip("0") if 0 < v < 1 else f"{v:g}"
+
+    ratios = " / ".join(",".join(num(r) for r in row) for row in a.ratios)
+    return (f"d={''.join(map(str, a.depths))} w={','.join(num(w) for w in a.widths)} "
+            f"r={ratios} exits={a.num_exits}")
 
 
 def _table(rows: list[Row]) -> str:
-    head = ("| arch | config | pairs | supernet ms (median ± IQR) | static ms (median ± IQR) | ratio |\n"
-            "|---|---|---:|---:|---:|---:|")
+    head = ("| arch | config | pairs | supernet ms (median ± IQR) | static ms (median ± IQR) | ratio "
+            "| paired ratio |\n|---|---|---:|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
         ms = [1e3 * statistics.median(r.sup), 1e3 * _iqr(r.sup), 1e3 * statistics.median(r.sta), 1e3 * _iqr(r.sta)]
         flag = "" if r.ratio <= TARGET else " ⚠"
         lines.append(f"| {r.name} | {_describe(r.arch)} | {r.repeats} | {ms[0]:.1f} ± {ms[1]:.1f} "
-                     f"| {ms[2]:.1f} ± {ms[3]:.1f} | {r.ratio:.3f}{flag} |")
+                     f"| {ms[2]:.1f} ± {ms[3]:.1f} | {r.ratio:.3f}{flag} | {r.paired:.3f} |")
     return "\n".join(lines)
 
 
@@ -145,7 +155,27 @@ def _git_commit() -> str:
         return "uncommitted"
 
 
-def _section(rows: list[Row], args: argparse.Namespace, wall_s: float) -> str:
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def _contention_note(load: tuple[str, str]) -> str:
+    """A warning when other jobs shared the cores (1-min load above the torch thread count)."""
+    try:
+        busy = max(float(v.split()[0]) for v in load) > torch.get_num_threads()
+    except (ValueError, IndexError):
+        return ""
+    if not busy:
+        return ""
+    return (" The cores were shared with other jobs during this run (1-min load above the thread count): "
+            "threads then wait on each other at every op, which inflates per-op overhead and the spread, "
+            "so these ratios are noisy; rerun on an idle machine before trusting a row.")
+
+
+def _section(rows: list[Row], args: argparse.Namespace, wall_s: float, load: tuple[str, str]) -> str:
     worst = max(r.ratio for r in rows)
     verdict = "meets" if worst <= TARGET else "misses"
     return "\n".join([
@@ -157,14 +187,14 @@ def _section(rows: list[Row], args: argparse.Namespace, wall_s: float) -> str:
         f"{args.warmup} warm-up pairs; ratio = median supernet / median static; target ≤ {TARGET}.",
         "",
         f"- device: {_cpu_model()}, {torch.get_num_threads()} torch threads "
-        f"({_nproc()} CPUs visible, shared with other jobs)",
+        f"({_nproc()} CPUs visible; 1/5/15-min load average {load[0]} at start, {load[1]} at end)",
         f"- torch {torch.__version__}, python {platform.python_version()}",
         f"- git commit: {_git_commit()}",
         f"- date: {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}; benchmark wall time {wall_s:.0f} s",
         "",
         _table(rows),
         "",
-        f"Worst ratio {worst:.3f}: {verdict} the ≤ {TARGET} target.",
+        f"Worst ratio {worst:.3f}: {verdict} the ≤ {TARGET} target." + _contention_note(load),
         "",
     ])
 
@@ -196,13 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="seed of the random archs and of the weights")
-    p.add_argument("--budget-s", type=float, default=30.0, help="timed seconds per arch (caps the pairs, min 5)")
+    p.add_argument("--budget-s", type=float, default=25.0, help="timed seconds per arch (caps the pairs, min 5)")
     p.add_argument("--no-write", action="store_true", help=f"print only; do not update {RESULTS.name}")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), _loadavg()
     space = build_space("msr-resnet", in_channels=3, num_classes=10, channels=(32, 64, 128))
     net = Supernet(space).train()
     x = torch.randn(args.batch, 3, 32, 32)
@@ -211,9 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, arch in _archs(space, args.seed):
         row = bench_arch(net, name, arch, x, y, args.repeats, args.warmup, args.budget_s)
         rows.append(row)
-        print(f"{name:<9} {_describe(arch):<48} supernet {1e3 * statistics.median(row.sup):8.1f} ms  "
-              f"static {1e3 * statistics.median(row.sta):8.1f} ms  ratio {row.ratio:.3f}", flush=True)
-    text = _section(rows, args, time.perf_counter() - t0)
+        print(f"{name:<9} {_describe(arch):<56} supernet {1e3 * statistics.median(row.sup):8.1f} ms  "
+              f"static {1e3 * statistics.median(row.sta):8.1f} ms  ratio {row.ratio:.3f} (paired {row.paired:.3f})",
+              flush=True)
+    text = _section(rows, args, time.perf_counter() - t0, (load0, _loadavg()))
     print()
     print(text)
     if not args.no_write:

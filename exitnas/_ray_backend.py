@@ -68,11 +68,11 @@ def _progress(cfg: ExperimentConfig) -> Any:
     """A bar fed by the database (the workers' own bars would interleave)."""
     if not cfg.search.progress:
         return None
+    import optuna
     from tqdm.auto import tqdm
 
     from exitnas._storage import open_storage
     from exitnas.search import completed
-    import optuna
 
     study = optuna.load_study(study_name=cfg.search.study, storage=open_storage(cfg.search.storage, heartbeat=False))
     bar = tqdm(total=cfg.search.trials, initial=completed(study), desc=f"search ({cfg.search.workers} ray workers)",

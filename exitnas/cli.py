@@ -7,7 +7,6 @@ Every user-fixable problem is a :class:`~exitnas.UserError`: one line on stderr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence

@@ -266,6 +266,9 @@ def run_search(cfg: ExperimentConfig) -> list[ParetoPoint]:
     if sc.backend == "ray" and sc.workers > 1 and storage_kind(sc.storage) == "sqlite":
         raise UserError("several workers on one SQLite file are not safe; use journal:///FILE.log or postgresql://")
     make_sampler(sc.sampler, sc.seed)
+    if sc.objective == "latency" and not sc.latency_table:
+        raise UserError("search.objective latency needs a table: exitnas profile --out lut.json, "
+                        "then --latency-table lut.json")
     # Create the study once, before any worker starts (concurrent table creation races).
     from exitnas.data import load_dataset
     from exitnas.training import space_for
@@ -273,6 +276,8 @@ def run_search(cfg: ExperimentConfig) -> list[ParetoPoint]:
 
     space = space_for(cfg, load_dataset(cfg.data))
     check_space(load_checkpoint(checkpoint), space, checkpoint)
+    if sc.objective == "latency":
+        LatencyTable.load(sc.latency_table).exit_latency(space, space.smallest())  # of this space?
     study = create_or_load_study(cfg, space)
     remaining = max(0, sc.trials - completed(study))
     if remaining:

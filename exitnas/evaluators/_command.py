@@ -40,7 +40,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from exitnas.data import load_dataset
     from exitnas.evaluators import Evaluator, ExitPolicy, anytime, budgeted_batch, check_thresholds, oracle
     from exitnas.training import load_supernet, resolve_device
-
     from exitnas.training._checkpoint import load_checkpoint
 
     state = load_checkpoint(args.checkpoint)

@@ -148,11 +148,11 @@ def build_report(storage_url: str, study_name: str | None, checkpoint: str | Pat
 def render_html(front: FrontInfo, tests: tuple[TestPoint, ...], figures: dict[str, go.Figure],
                 meta: dict[str, Any]) -> str:
     """The report page: plotly.js inline once in the head, every figure after it, the table."""
+    import plotly
+    import torch
     from plotly.offline import get_plotlyjs
 
     import exitnas
-    import plotly
-    import torch
 
     e = html.escape
     versions = f"exitnas {exitnas.__version__}, torch {torch.__version__}, optuna {optuna.__version__}, " \

@@ -46,21 +46,23 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def _all_reduce_mean(tensors: list[torch.Tensor], world: int) -> None:
+    """Replace each tensor by its mean over ranks, in one flat all-reduce."""
+    if world == 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))
+        offset += n
+
+
 def average_gradients(model: nn.Module, info: DistInfo) -> None:
     """Average the gradients of all parameters that have one across ranks."""
-    if info.world == 1:
-        return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= info.world
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset : offset + n].view_as(g))
-        offset += n
+    _all_reduce_mean([p.grad for p in model.parameters() if p.grad is not None], info.world)
 
 
 def average_buffers(model: nn.Module, info: DistInfo) -> None:
@@ -71,19 +73,7 @@ def average_buffers(model: nn.Module, info: DistInfo) -> None:
     1/world of the data. Done every step, the running averages equal an EMA of the mean of
     the ranks' batch statistics (the EMA is linear), the same on every rank.
     """
-    if info.world == 1:
-        return
-    bufs = [b for b in model.buffers() if b.is_floating_point()]
-    if not bufs:
-        return
-    flat = torch.cat([b.reshape(-1) for b in bufs])
-    dist.all_reduce(flat)
-    flat /= info.world
-    offset = 0
-    for b in bufs:
-        n = b.numel()
-        b.copy_(flat[offset : offset + n].view_as(b))
-        offset += n
+    _all_reduce_mean([b for b in model.buffers() if b.is_floating_point()], info.world)
 
 
 def shutdown_distributed() -> None:

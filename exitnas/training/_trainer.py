@@ -21,7 +21,6 @@ from exitnas.data import GpuBatchLoader, ImageSplits, load_dataset
 from exitnas.search_space import ArchConfig, SearchSpace, Supernet, build_space
 from exitnas.training._checkpoint import check_space, load_checkpoint, save_checkpoint
 from exitnas.training._dist import (
-    DistInfo,
     average_buffers,
     average_gradients,
     broadcast_parameters,

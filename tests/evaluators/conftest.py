@@ -4,17 +4,9 @@ from typing import Callable
 
 import numpy as np
 import pytest
-import torch
 
 from exitnas.evaluators import ExitCache
-from exitnas.search_space import ArchConfig, SearchSpace, build_space
-
-
-@pytest.fixture(autouse=True)
-def _few_threads() -> None:
-    # Overrides the root fixture of the same name: the tensors here are tiny, and a second
-    # OpenMP thread on a shared two-core machine only adds barrier waits.
-    torch.set_num_threads(1)
+from exitnas.search_space import ArchConfig
 
 
 def _chain_arch(k: int) -> ArchConfig:
@@ -32,19 +24,13 @@ def _make_cache(confidence: list[list[float]] | np.ndarray, correct: list[list[i
 def _random_cache(rng: np.random.Generator, k: int, n: int, ties: bool = True) -> ExitCache:
     """Random confidences (with many ties when ``ties``), correctness that tends to follow
     confidence, and increasing cumulative MACs."""
-    conf = rng.random((k, n))
     if ties:
-        conf = np.round(conf * 8) / 8  # 9 distinct values: plenty of ties, and 0 and 1 themselves
+        conf = np.round(rng.random((k, n)) * 8) / 8  # 9 values: plenty of ties, and 0 and 1 themselves
+    else:  # distinct within each exit, also after the cast to float32
+        conf = (np.stack([rng.permutation(n) for _ in range(k)]) + rng.random((k, 1))) / (n + 1)
     correct = rng.random((k, n)) < 0.3 + 0.6 * conf
     macs = np.cumsum(rng.integers(1, 100, size=k)).astype(np.float64)
     return _make_cache(conf, correct, macs)
-
-
-def _tiny_space(**overrides: object) -> SearchSpace:
-    opts: dict[str, object] = dict(channels=(8, 16), depths=(1, 2), widths=(0.5, 1.0), ratios=(0.0, 1.0),
-                                   heads=("linear", "msdnet"))
-    opts.update(overrides)
-    return build_space("msr-resnet", in_channels=1, num_classes=10, **opts)
 
 
 # Helpers as fixtures: with --import-mode=importlib test modules cannot import conftest.
@@ -61,8 +47,3 @@ def make_cache() -> Callable[..., ExitCache]:
 @pytest.fixture
 def random_cache() -> Callable[..., ExitCache]:
     return _random_cache
-
-
-@pytest.fixture
-def tiny_space() -> Callable[..., SearchSpace]:
-    return _tiny_space

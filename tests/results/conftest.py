@@ -16,13 +16,6 @@ TINY = ["--set", "data.name=digits", "--set", "space.channels=[8,16]", "--set", 
         "--set", "train.batch_size=128", "--set", "train.device=cpu", "--set", "train.progress=false"]
 
 
-@pytest.fixture(autouse=True)
-def _few_threads() -> None:
-    # Overrides the root fixture of the same name: tiny tensors on a shared two-core machine,
-    # where a second OpenMP thread only adds barrier waits.
-    torch.set_num_threads(1)
-
-
 def _fast_dir(fallback: Path) -> Path:
     """A folder on tmpfs when there is one: SQLite and Optuna's journal fsync every commit, and on
     this machine's disk that costs ~20 ms each (a 20-trial search makes ~800): 29 s instead of 8 s."""
