@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import environment, environment_line, write_section  # noqa: E402
 
 from exitnas.evaluators import build_exit_cache, exit_costs, fit_budgeted_thresholds  # noqa: E402
-from exitnas.evaluators._latency import profile_space, time_call  # noqa: E402
+from exitnas.evaluators._latency import profile_space  # noqa: E402
 from exitnas.evaluators._policy import ExitPolicy  # noqa: E402
 from exitnas.search_space import Supernet, build_space  # noqa: E402
 

@@ -82,3 +82,41 @@ def test_time_call_counts_and_orders() -> None:
     x = torch.randn(64, 64)
     small = time_call(lambda: x @ x, torch.device("cpu"), warmup=1, repeats=5, inner=2)
     assert small["count"] == 10 and small["median_ms"] > 0
+
+
+TINY = ["--set", "data.name=digits", "--set", "space.channels=[8,16]", "--set", "space.depths=[1,2]",
+        "--set", "space.widths=[0.5,1.0]", "--set", "space.ratios=[0.0,1.0]", "--set", "train.epochs=0.5",
+        "--set", "train.batch_size=128", "--set", "train.device=cpu", "--set", "train.progress=false",
+        "--set", "search.progress=false", "--set", "search.recal_images=200"]
+
+
+@pytest.mark.slow
+def test_search_with_latency_objective(tmp_path: Path) -> None:
+    import optuna
+
+    from exitnas.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--set", f"train.out={out}"]) == 0
+    lut = tmp_path / "lut.json"
+    assert main(["profile", *TINY, "--out", str(lut), "--repeats", "3"]) == 0
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    ckpt = str(out / "supernet.pt")
+    assert main(["search", "--checkpoint", ckpt, "--storage", url, "--study", "lat", "--trials", "4",
+                 "--objective", "latency", "--latency-table", str(lut), "--set", "search.progress=false"]) == 0
+    study = optuna.load_study(study_name="lat", storage=url)
+    assert study.metric_names == ["val_accuracy", "expected_ms"]
+    table = LatencyTable.load(lut)
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        assert len(t.user_attrs["exit_ms"]) == len(t.user_attrs["arch"]["exits"])
+        assert min(t.user_attrs["exit_ms"]) <= t.values[1] <= max(t.user_attrs["exit_ms"]) + 1e-9
+        assert t.values[1] != pytest.approx(t.user_attrs["expected_MMACs"])
+    assert table.device == "cpu"
+    # The same study searched for MACs now has other objectives: refused, untouched.
+    assert main(["search", "--checkpoint", ckpt, "--storage", url, "--study", "lat", "--trials", "6",
+                 "--set", "search.progress=false"]) == 2
+    assert len(optuna.load_study(study_name="lat", storage=url).trials) == 4
+    # Latency without a table is a clear error.
+    assert main(["search", "--checkpoint", ckpt, "--storage", url, "--study", "lat2", "--trials", "2",
+                 "--objective", "latency", "--set", "search.progress=false"]) == 2
+    assert "lat2" not in optuna.get_all_study_names(storage=url)
