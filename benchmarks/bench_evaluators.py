@@ -24,15 +24,10 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import datetime  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
+from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -41,34 +36,21 @@ from exitnas.data import DataConfig, ImageSplits, load_dataset, normalize  # noq
 from exitnas.evaluators import Evaluator, ExitCache, ExitPolicy, exit_costs  # noqa: E402
 from exitnas.search_space import ArchConfig, SearchSpace, Supernet, build_space  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+from _env import RESULTS, environment, loadavg, write_section  # noqa: E402  (benchmarks/_env.py)
+
 SECTION = "## bench_evaluators"
 
 
-# -- environment -------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+class _Clock:
+    """Wall and CPU (process, all threads) seconds of a block. On a shared machine the CPU
+    time is the steadier figure: other processes stretch the wall time, not the work done."""
 
+    def __enter__(self) -> _Clock:
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
-        return (out.stdout.strip() or "none") + (" (+ uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "none"
-
-
-def _med(xs: list[float]) -> str:
-    return f"{statistics.median(xs):.3f} s (min {min(xs):.3f}, max {max(xs):.3f})"
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self._w, time.process_time() - self._c
 
 
 # -- (a) one arch: evaluator vs bare forward -------------------------------------------------
@@ -95,16 +77,16 @@ def _data(val_images: int) -> tuple[ImageSplits, str]:
 
 @torch.no_grad()
 def _bare_forward(supernet: Supernet, arch: ArchConfig, images: list[torch.Tensor], splits: ImageSplits,
-                  batch_size: int) -> float:
+                  batch_size: int) -> _Clock:
     net = supernet.to_static(arch).eval()  # built outside the timed region
-    t0 = time.perf_counter()
-    for x in images:
-        for i in range(0, len(x), batch_size):
-            net(normalize(x[i : i + batch_size], splits.mean, splits.std))
-    return time.perf_counter() - t0
+    with _Clock() as clock:
+        for x in images:
+            for i in range(0, len(x), batch_size):
+                net(normalize(x[i : i + batch_size], splits.mean, splits.std))
+    return clock
 
 
-def bench_evaluate(args: argparse.Namespace) -> dict[str, object]:
+def bench_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     splits, source = _data(args.val_images)
     space: SearchSpace = build_space("msr-resnet", in_channels=3, num_classes=10)
@@ -113,45 +95,58 @@ def bench_evaluate(args: argparse.Namespace) -> dict[str, object]:
     rng = random.Random(0)
     archs = {"largest": space.largest(), "smallest": space.smallest(),
              "random-1": space.sample(rng), "random-2": space.sample(rng)}
+    archs = {k: v for k, v in archs.items() if k in args.archs}
     batch = 500
     print(f"(a) data {source}: {args.recal_images} recalibration + {len(splits.val_y)} val images, batch {batch}, "
           f"{args.threads} torch threads, {args.repeats} repeats interleaved")
 
-    def evaluate(arch: ArchConfig) -> tuple[float, Evaluator]:
+    def evaluate(arch: ArchConfig) -> tuple[_Clock, Evaluator]:
         ev = Evaluator(supernet, splits, recal_images=args.recal_images, batch_size=batch)  # fresh store
-        t0 = time.perf_counter()
-        ev.caches(arch, ("val",))
-        return time.perf_counter() - t0, ev
+        with _Clock() as clock:
+            ev.caches(arch, ("val",))
+        return clock, ev
 
-    times: dict[str, dict[str, list[float]]] = {k: {"eval": [], "bare": [], "costs": []} for k in archs}
-    # warm-up: allocator, oneDNN primitives, fvcore import
-    evaluate(space.smallest())
+    keys = ("eval", "bare", "costs")
+    wall: dict[str, dict[str, list[float]]] = {a: {k: [] for k in keys} for a in archs}
+    cpu: dict[str, dict[str, list[float]]] = {a: {k: [] for k in keys} for a in archs}
+    evaluate(space.smallest())  # warm-up: allocator, oneDNN primitives, fvcore import
     for rep in range(args.repeats):
+        # alternate both the arch order and which of the pair runs first, against drifting load
         order = list(archs.items()) if rep % 2 == 0 else list(reversed(archs.items()))
         for name, arch in order:
-            t_eval, ev = evaluate(arch)
-            images = [ev.recal_x, splits.val_x]
-            t_bare = _bare_forward(supernet, arch, images, splits, batch)
+            recal_x = Evaluator(supernet, splits, recal_images=args.recal_images).recal_x
+            images = [recal_x, splits.val_x]
+            if rep % 2 == 0:
+                c_eval, _ = evaluate(arch)
+                c_bare = _bare_forward(supernet, arch, images, splits, batch)
+            else:
+                c_bare = _bare_forward(supernet, arch, images, splits, batch)
+                c_eval, _ = evaluate(arch)
             net = supernet.to_static(arch)
-            t0 = time.perf_counter()
-            exit_costs(net, (3, 32, 32))
-            t_costs = time.perf_counter() - t0
-            for key, v in (("eval", t_eval), ("bare", t_bare), ("costs", t_costs)):
-                times[name][key].append(v)
-            print(f"  rep {rep} {name:<9} evaluate {t_eval:7.2f} s  bare {t_bare:7.2f} s  "
-                  f"costs {t_costs:5.2f} s  ratio {t_eval / t_bare:.2f}", flush=True)
+            with _Clock() as c_costs:
+                exit_costs(net, (3, 32, 32))
+            for key, c in (("eval", c_eval), ("bare", c_bare), ("costs", c_costs)):
+                wall[name][key].append(c.wall)
+                cpu[name][key].append(c.cpu)
+            print(f"  rep {rep} {name:<9} evaluate {c_eval.wall:6.2f} s (cpu {c_eval.cpu:6.2f})  "
+                  f"bare {c_bare.wall:6.2f} s (cpu {c_bare.cpu:6.2f})  costs {c_costs.wall:5.2f} s  "
+                  f"ratio {c_eval.wall / c_bare.wall:.2f} (cpu {c_eval.cpu / c_bare.cpu:.2f})", flush=True)
+
+    def ratios(t: dict[str, list[float]], minus_costs: bool = False) -> list[float]:
+        return [(e - (c if minus_costs else 0.0)) / b for e, b, c in zip(t["eval"], t["bare"], t["costs"])]
 
     rows = []
     for name, arch in archs.items():
-        t = {k: statistics.median(v) for k, v in times[name].items()}
-        ratios = [e / b for e, b in zip(times[name]["eval"], times[name]["bare"])]
-        no_cost = [(e - c) / b for e, c, b in zip(times[name]["eval"], times[name]["costs"], times[name]["bare"])]
         macs = exit_costs(supernet.to_static(arch), (3, 32, 32)).macs
+        rw, rc = ratios(wall[name]), ratios(cpu[name])
         rows.append({
             "arch": name, "exits": arch.num_exits, "mmacs": macs[-1] / 1e6,
-            "evaluate_s": t["eval"], "bare_s": t["bare"], "costs_s": t["costs"],
-            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "ratio_no_costs": statistics.median(no_cost),
+            "evaluate_s": statistics.median(wall[name]["eval"]), "bare_s": statistics.median(wall[name]["bare"]),
+            "costs_s": statistics.median(wall[name]["costs"]),
+            "evaluate_cpu_s": statistics.median(cpu[name]["eval"]), "bare_cpu_s": statistics.median(cpu[name]["bare"]),
+            "ratio": statistics.median(rw), "ratio_min": min(rw), "ratio_max": max(rw),
+            "ratio_cpu": statistics.median(rc), "ratio_cpu_min": min(rc), "ratio_cpu_max": max(rc),
+            "ratio_cpu_no_costs": statistics.median(ratios(cpu[name], True)),
         })
     return {"source": source, "val_images": len(splits.val_y), "recal_images": args.recal_images,
             "batch": batch, "threads": args.threads, "repeats": args.repeats, "rows": rows}
@@ -167,77 +162,75 @@ def synthetic_cache(n: int = 10_000, k: int = 4, seed: int = 0) -> ExitCache:
     return ExitCache(arch, conf, correct, np.cumsum(np.full(k, 10e6)))
 
 
-def bench_thresholds(args: argparse.Namespace) -> dict[str, object]:
+def bench_thresholds(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     cache = synthetic_cache()
     rng = np.random.default_rng(1)
     batches = [rng.random((1000, cache.num_exits - 1)) for _ in range(args.threshold_batches)]
     print(f"(b) {cache.num_samples} samples × {cache.num_exits} exits, batches of 1000 vectors, 1 thread")
-    out: dict[str, object] = {"samples": cache.num_samples, "exits": cache.num_exits}
+    out: dict[str, Any] = {"samples": cache.num_samples, "exits": cache.num_exits}
 
     policy = ExitPolicy(cache)
     t0 = time.perf_counter()
     policy.evaluate(batches[0][:1], method="bitset")  # builds the tables
     out["table_build_s"] = time.perf_counter() - t0
 
-    def rate(method: str, run: Callable[[np.ndarray], object], n: int) -> float:
+    def rate(method: str, run: Callable[[np.ndarray], object], n: int) -> tuple[float, float]:
         run(batches[0])  # warm-up
-        per = []
+        wall, cpu = [], []
         for t in batches[:n]:
-            t0 = time.perf_counter()
-            run(t)
-            per.append(time.perf_counter() - t0)
-        r = 1000 / statistics.median(per)
-        print(f"  {method:<6} {r:>12,.0f} vectors/s  (median of {len(per)} batches: {statistics.median(per) * 1e3:.2f} ms)")
-        return r
+            with _Clock() as c:
+                run(t)
+            wall.append(c.wall)
+            cpu.append(c.cpu)
+        rw, rc = 1000 / statistics.median(wall), 1000 / statistics.median(cpu)
+        print(f"  {method:<6} {rw:>10,.0f} vectors/s wall, {rc:>10,.0f} CPU "
+              f"(median of {len(wall)} batches: {statistics.median(wall) * 1e3:.2f} ms)")
+        return rw, rc
 
-    out["bitset_per_s"] = rate("bitset", lambda t: policy.evaluate(t, method="bitset"), len(batches))
-    out["dense_per_s"] = rate("dense", lambda t: policy.evaluate(t, method="dense"), min(5, len(batches)))
+    out["bitset_per_s"], out["bitset_per_cpu_s"] = rate("bitset", lambda t: policy.evaluate(t, method="bitset"),
+                                                        len(batches))
+    out["dense_per_s"], out["dense_per_cpu_s"] = rate("dense", lambda t: policy.evaluate(t, method="dense"),
+                                                      min(5, len(batches)))
     a, b = policy.evaluate(batches[0], method="bitset"), policy.evaluate(batches[0], method="dense")
     assert np.array_equal(a.histogram, b.histogram), "bitset and dense disagree"
     return out
 
 
 # -- report --------------------------------------------------------------------------------------
-def render(a: dict[str, object] | None, b: dict[str, object], meta: dict[str, str]) -> str:
-    lines = [SECTION, ""]
-    lines += [f"- {k}: {v}" for k, v in meta.items()]
+def render(a: dict[str, Any] | None, b: dict[str, Any], meta: dict[str, str]) -> str:
+    lines = [f"- {k}: {v}" for k, v in meta.items()]
     if a is not None:
-        lines += ["", f"(a) One arch: `Evaluator.caches(arch, (\"val\",))`, fresh store (to_static + BN recalibration "
-                  f"on {a['recal_images']} training images + val pass + per-exit costs) against a bare eval-mode "
-                  f"no-grad forward of the same `to_static` subnet over the same {a['recal_images']} + "
-                  f"{a['val_images']} images. Default space (channels 32/64/128), random weights, data: "
-                  f"{a['source']}, {a['val_images']} val images (of 5,000, to keep the run short), batch {a['batch']}, "
-                  f"{a['threads']} torch threads, median of {a['repeats']} interleaved repeats. Target ≤ 1.3×.", ""]
-        lines += ["| arch | exits | MMACs | evaluate (s) | bare forward (s) | ratio (min–max) | costs alone (s) "
-                  "| ratio without costs |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in a["rows"]:  # type: ignore[attr-defined]
-            lines.append(f"| {r['arch']} | {r['exits']} | {r['mmacs']:.1f} | {r['evaluate_s']:.2f} | {r['bare_s']:.2f} "
-                         f"| {r['ratio']:.2f} ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | {r['costs_s']:.2f} "
-                         f"| {r['ratio_no_costs']:.2f} |")
+        n_recal, n_val = a["recal_images"], a["val_images"]
+        fewer = " (of 5,000, to keep the run short)" if n_val < 5000 else ""
+        lines += ["", f"(a) One arch: `Evaluator.caches(arch, (\"val\",))`, fresh store (to_static + BN "
+                  f"recalibration on {n_recal} training images + val pass + per-exit costs) against a bare "
+                  f"eval-mode no-grad forward of the same `to_static` subnet over the same {n_recal} + {n_val} "
+                  f"images. Default space (channels 32/64/128), random weights, data: {a['source']}, {n_val} val "
+                  f"images{fewer}, batch {a['batch']}, {a['threads']} torch threads, median of {a['repeats']} "
+                  "interleaved repeats. Target ≤ 1.3×.", ""]
+        lines += ["| arch | exits | MMACs | evaluate (s) | bare forward (s) | ratio, wall (min–max) "
+                  "| evaluate CPU (s) | bare CPU (s) | ratio, CPU (min–max) | costs alone (s) "
+                  "| ratio CPU without costs |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in a["rows"]:
+            lines.append(
+                f"| {r['arch']} | {r['exits']} | {r['mmacs']:.1f} | {r['evaluate_s']:.2f} | {r['bare_s']:.2f} "
+                f"| {r['ratio']:.2f} ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | {r['evaluate_cpu_s']:.2f} "
+                f"| {r['bare_cpu_s']:.2f} | {r['ratio_cpu']:.2f} ({r['ratio_cpu_min']:.2f}–{r['ratio_cpu_max']:.2f}) "
+                f"| {r['costs_s']:.2f} | {r['ratio_cpu_no_costs']:.2f} |")
+        lines += ["", "CPU = process time over all threads; on a shared machine it is the steadier of the two. "
+                  f"Recalibration images are {n_recal / (n_recal + n_val):.0%} of the images timed here "
+                  f"({n_recal / (n_recal + 5000):.0%} with all 5,000 val images); they run in train mode, whose "
+                  "BatchNorm also computes batch statistics, so thin subnets (where BN is a large share of the "
+                  "work) show the highest ratio. `--archs smallest --val-images 5000` times the full-val setting."]
     lines += ["", f"(b) Threshold vectors per second, synthetic cache of {b['samples']} samples × {b['exits']} exits, "
               "batches of 1,000 random vectors, one thread. Target (bitset) ≥ 100,000/s.", "",
-              "| method | vectors/s |", "|---|---:|",
-              f"| bitset | {b['bitset_per_s']:,.0f} |", f"| dense | {b['dense_per_s']:,.0f} |", "",
+              "| method | vectors/s (wall) | vectors/s (CPU time) |", "|---|---:|---:|",
+              f"| bitset | {b['bitset_per_s']:,.0f} | {b['bitset_per_cpu_s']:,.0f} |",
+              f"| dense | {b['dense_per_s']:,.0f} | {b['dense_per_cpu_s']:,.0f} |", "",
               f"Bitset table build (once per cache): {b['table_build_s']:.3f} s.", ""]
     return "\n".join(lines)
-
-
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace (or append) only this benchmark's section; other sections stay as they are."""
-    old = path.read_text() if path.is_file() else "# exitnas benchmark results\n"
-    lines = old.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        kept = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        before, after = "\n".join(lines[:start]).rstrip("\n"), "\n".join(lines[end:])
-        kept = before + "\n\n" + text + ("\n" + after if after else "")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(kept.rstrip("\n") + "\n")
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -248,27 +241,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads for part (a)")
+    parser.add_argument("--archs", nargs="+", default=["largest", "smallest", "random-1", "random-2"],
+                        choices=["largest", "smallest", "random-1", "random-2"], help="archs timed in part (a)")
     parser.add_argument("--threshold-batches", type=int, default=30)
     parser.add_argument("--skip-a", action="store_true", help="only the threshold benchmark (b)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
 
-    meta = {
-        "device": f"CPU {_cpu_model()} ({os.cpu_count()} cores visible)",
-        "threads": f"{args.threads} torch threads for (a), 1 for (b)",
-        "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
-        "commit": _commit(), "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-    }
+    torch.set_num_threads(args.threads)  # so that the environment line shows part (a)'s threads
+    meta = environment()
+    meta["threads"] = f"{args.threads} torch threads for (a), 1 for (b)"
     print(", ".join(f"{k} {v}" for k, v in meta.items()))
     t0 = time.perf_counter()
     a = None if args.skip_a else bench_evaluate(args)
     b = bench_thresholds(args)
+    meta["load at end"] = loadavg()
     meta["benchmark wall time"] = f"{time.perf_counter() - t0:.0f} s"
     text = render(a, b, meta)
     print()
-    print(text)
+    print(SECTION + "\n\n" + text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"wrote the {SECTION} section of {RESULTS}")
 
 

@@ -36,17 +36,15 @@ def read_arch(spec: str, space: SearchSpace) -> ArchConfig:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from exitnas._config import ExperimentConfig, load_config
+    from exitnas._config import load_config
     from exitnas.data import load_dataset
     from exitnas.evaluators import Evaluator, ExitPolicy, anytime, budgeted_batch, check_thresholds, oracle
     from exitnas.training import load_supernet, resolve_device
     from exitnas.training._checkpoint import load_checkpoint
 
     state = load_checkpoint(args.checkpoint)
-    if args.config or args.overrides:
-        cfg = load_config(args.config, args.overrides)
-    else:
-        cfg = ExperimentConfig.from_dict(state["config"])
+    # Overrides apply to the given config, else to the one the checkpoint was trained with.
+    cfg = load_config(args.config, args.overrides, base=None if args.config else state["config"])
     splits = load_dataset(cfg.data)
     from exitnas.training import space_for
 

@@ -95,7 +95,7 @@ class Evaluator:
         todo = [s for s, c in out.items() if c is None]
         if todo:
             net = self.subnet(arch)
-            macs = np.asarray(self.costs(arch).macs, dtype=np.float64)
+            macs = np.asarray(self.costs(arch, net).macs, dtype=np.float64)
             for s in todo:
                 x, y = getattr(self.splits, f"{s}_x"), getattr(self.splits, f"{s}_y")
                 cache = build_exit_cache(net, arch, x, y, self.splits.mean, self.splits.std, macs,

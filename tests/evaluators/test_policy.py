@@ -137,8 +137,7 @@ def test_raising_thresholds_never_lowers_expected_macs(random_cache: Any, seed: 
     for method in ("dense", "bitset"):
         a, b = policy.evaluate(lo, method=method), policy.evaluate(hi, method=method)
         assert np.all(b.expected_macs >= a.expected_macs)
-        # and each sample individually leaves no earlier
-    for t, u in zip(lo[:20], hi[:20]):
+    for t, u in zip(lo[:20], hi[:20]):  # and each sample on its own leaves no earlier
         assert np.all(policy.exits(u) >= policy.exits(t))
 
 
