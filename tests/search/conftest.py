@@ -1,7 +1,7 @@
-"""Fixtures of the search tests: a tiny trained supernet, fast storage folders, a PostgreSQL cluster.
+"""Fixtures of the search tests: a tiny trained supernet, config and argv helpers, a PostgreSQL cluster.
 
 Everything is real (no mocks): a supernet trained for one epoch on the built-in digits, Optuna
-storages on disk, a PostgreSQL server started from the system's binaries on a loopback port.
+storages in ``tmp_path``, a PostgreSQL server started from the system's binaries on a loopback port.
 """
 
 from __future__ import annotations
@@ -68,33 +68,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     out = tmp_path_factory.mktemp("supernet")
     cfg = load_config(None, TINY + [f"train.out={out}"])
     splits = load_dataset(cfg.data)
+    torch.set_num_threads(1)  # session fixtures are set up before the function-scoped _few_threads
     result = train_supernet(cfg, splits=splits)
     config = load_checkpoint(str(result.checkpoint))["config"]
     return Trained(str(result.checkpoint), config, space_for(cfg, splits), len(splits.val_y))
-
-
-def _fast_dir() -> str | None:
-    """A tmpfs folder when the machine has one (Linux's /dev/shm), else None (the default temp)."""
-    shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-
-
-@pytest.fixture
-def db_dir(tmp_path: Path) -> Iterator[Path]:
-    """A folder for SQLite and journal files, on tmpfs where there is one.
-
-    Every Optuna write is a commit, and an fsync on this machine's disk costs about 13 ms: one
-    trial (20 parameters and 10 attributes) took 0.6 s on disk and 0.14 s on tmpfs.
-    """
-    fast = _fast_dir()
-    if fast is None:
-        yield tmp_path
-        return
-    d = Path(tempfile.mkdtemp(prefix="exitnas-test-", dir=fast))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
@@ -187,7 +164,7 @@ def postgres() -> Iterator[str]:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql")
     as_root = os.geteuid() == 0
     prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
-    base = Path(tempfile.mkdtemp(prefix="exitnas-pg-", dir=_fast_dir()))
+    base = Path(tempfile.mkdtemp(prefix="exitnas-pg-"))
     data, log = base / "data", base / "server.log"
     started = False
     try:

@@ -35,21 +35,20 @@ def test_unreachable_postgresql(search_args: Callable[..., list[str]], unused_po
 
 
 @pytest.mark.parametrize("case", ["sqlite_ray_workers", "unknown_sampler", "missing_checkpoint_flag",
-                                  "missing_checkpoint_config", "objective_not_available"])
-def test_bad_input_writes_no_database(case: str, search_args: Callable[..., list[str]], db_dir: Path, tmp_path: Path,
+                                  "missing_checkpoint_config"])
+def test_bad_input_writes_no_database(case: str, search_args: Callable[..., list[str]], tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    db = db_dir / "study.db"
+    db = tmp_path / "study.db"
     url = f"sqlite:///{db}"
     argv = {
         "sqlite_ray_workers": search_args(url, "--backend", "ray", "--workers", "2", "--trials", "2"),
         "unknown_sampler": search_args(url, "--sampler", "annealing", "--trials", "1"),
         "missing_checkpoint_flag": ["search", "--checkpoint", str(tmp_path / "none.pt"), "--storage", url],
         "missing_checkpoint_config": ["search", "--set", f"train.out={tmp_path / 'never'}", "--storage", url],
-        "objective_not_available": search_args(url, "--objective", "latency", "--trials", "1"),
     }[case]
     line = _fails(argv, capsys)
     hint = {"sqlite_ray_workers": "journal:///", "unknown_sampler": "nsga2", "missing_checkpoint_flag": "none.pt",
-            "missing_checkpoint_config": "does not exist", "objective_not_available": "latency"}[case]
+            "missing_checkpoint_config": "does not exist"}[case]
     assert hint in line
     assert not db.exists()
 
@@ -59,9 +58,9 @@ def _snapshot(study: optuna.Study) -> tuple[object, ...]:
     return trials, study.directions, study.user_attrs, study.metric_names
 
 
-def test_existing_study_with_other_objectives_is_left_alone(search_args: Callable[..., list[str]], db_dir: Path,
+def test_existing_study_with_other_objectives_is_left_alone(search_args: Callable[..., list[str]], tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"sqlite:///{db_dir / 'other.db'}"
+    url = f"sqlite:///{tmp_path / 'other.db'}"
     other = optuna.create_study(storage=url, study_name="test", directions=["minimize"])
     other.optimize(lambda t: t.suggest_float("x", -1, 1) ** 2, n_trials=3)
     before = _snapshot(optuna.load_study(study_name="test", storage=url))
@@ -73,9 +72,9 @@ def test_existing_study_with_other_objectives_is_left_alone(search_args: Callabl
     assert [d.name.lower() for d in study.directions] == ["minimize"]
 
 
-def test_existing_study_of_another_space_is_left_alone(search_args: Callable[..., list[str]], db_dir: Path,
+def test_existing_study_of_another_space_is_left_alone(search_args: Callable[..., list[str]], tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"sqlite:///{db_dir / 'space.db'}"
+    url = f"sqlite:///{tmp_path / 'space.db'}"
     other = optuna.create_study(storage=url, study_name="test", directions=DIRECTIONS)
     other.set_user_attr("exitnas_space", {"name": "msr-resnet", "channels": [64, 128]})
     before = _snapshot(optuna.load_study(study_name="test", storage=url))

@@ -3,10 +3,10 @@ the journal storage, every registered sampler and MMAC budgets."""
 
 from __future__ import annotations
 
-import math
-import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import optuna
@@ -65,7 +65,7 @@ def _check_trial(t: optuna.trial.FrozenTrial, space: SearchSpace, val_images: in
 
 
 @pytest.fixture(scope="module")
-def searched(trained, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+def searched(trained: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One CLI search of N_TRIALS trials into an SQLite file (kept read-only by the tests)."""
     db = tmp_path_factory.mktemp("local") / "study.db"
     argv = ["search", "--checkpoint", trained.checkpoint, "--storage", f"sqlite:///{db}", "--study", "test",
@@ -74,7 +74,7 @@ def searched(trained, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
     return db
 
 
-def test_search_stores_complete_trials_with_their_breakdown(searched: Path, trained) -> None:  # type: ignore[no-untyped-def]
+def test_search_stores_complete_trials_with_their_breakdown(searched: Path, trained: Any) -> None:
     study = _load(f"sqlite:///{searched}")
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * N_TRIALS
@@ -85,22 +85,25 @@ def test_search_stores_complete_trials_with_their_breakdown(searched: Path, trai
         _check_trial(t, trained.space, trained.val_images)
 
 
-def test_every_trial_suggests_the_same_parameters(searched: Path, trained) -> None:  # type: ignore[no-untyped-def]
+def test_every_trial_suggests_the_same_parameters(searched: Path, trained: Any) -> None:
     trials = _load(f"sqlite:///{searched}").get_trials()
     expected = _param_names(trained.space)
     assert all(set(t.params) == expected for t in trials)
     assert all(set(t.distributions) == expected for t in trials)
 
 
-def test_cli_prints_the_pareto_front(trained, db_dir: Path, search_args, capsys) -> None:  # type: ignore[no-untyped-def]
-    assert main(search_args(f"sqlite:///{db_dir / 's.db'}", "--trials", "2")) == 0
+def test_cli_prints_the_pareto_front(tmp_path: Path, search_args: Callable[..., list[str]],
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(search_args(f"sqlite:///{tmp_path / 's.db'}", "--trials", "2")) == 0
     out = capsys.readouterr().out
     assert "Pareto front of study 'test'" in out and "val acc" in out
 
 
-def test_same_study_name_resumes(searched: Path, db_dir: Path, search_args) -> None:  # type: ignore[no-untyped-def]
-    db = db_dir / "resumed.db"
-    shutil.copy(searched, db)
+def test_same_study_name_resumes(searched: Path, tmp_path: Path, search_args: Callable[..., list[str]]) -> None:
+    db = tmp_path / "resumed.db"
+    # SQLite's backup API, not a file copy: in WAL mode recent commits may still be in study.db-wal.
+    with closing(sqlite3.connect(searched)) as src, closing(sqlite3.connect(db)) as dst:
+        src.backup(dst)
     before = {t.number: t for t in _load(f"sqlite:///{db}").get_trials()}
     assert main(search_args(f"sqlite:///{db}", "--trials", str(N_TRIALS + 3))) == 0
     after = _load(f"sqlite:///{db}").get_trials()
@@ -114,8 +117,9 @@ def test_same_study_name_resumes(searched: Path, db_dir: Path, search_args) -> N
     assert len(_load(f"sqlite:///{db}").get_trials()) == N_TRIALS + 3
 
 
-def test_threshold_only_change_reuses_the_exit_cache(trained, make_cfg, db_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    cfg = make_cfg(f"sqlite:///{db_dir / 'cache.db'}")
+def test_threshold_only_change_reuses_the_exit_cache(trained: Any, make_cfg: Callable[..., Any],
+                                                     tmp_path: Path) -> None:
+    cfg = make_cfg(f"sqlite:///{tmp_path / 'cache.db'}")
     ctx = SearchContext.build(cfg, trained.checkpoint)
     study = create_or_load_study(cfg, ctx.evaluator.space)
     space = ctx.evaluator.space
@@ -136,8 +140,8 @@ def test_threshold_only_change_reuses_the_exit_cache(trained, make_cfg, db_dir: 
     _check_trial(second, space, trained.val_images)
 
 
-def test_journal_storage(trained, db_dir: Path, search_args) -> None:  # type: ignore[no-untyped-def]
-    url = f"journal://{db_dir / 'study.log'}"
+def test_journal_storage(trained: Any, tmp_path: Path, search_args: Callable[..., list[str]]) -> None:
+    url = f"journal://{tmp_path / 'study.log'}"
     assert main(search_args(url, "--trials", "3")) == 0
     study = _load(url)
     assert isinstance(study._storage, optuna.storages.JournalStorage)
@@ -153,9 +157,10 @@ _SAMPLER_TRIALS = {"tpe": 12, "gp": 12, "nsga2": 22}
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
-def test_every_sampler_searches_the_static_space(sampler: str, trained, db_dir: Path, search_args) -> None:  # type: ignore[no-untyped-def]
+def test_every_sampler_searches_the_static_space(sampler: str, trained: Any, tmp_path: Path,
+                                                 search_args: Callable[..., list[str]]) -> None:
     n = _SAMPLER_TRIALS.get(sampler, 4)
-    url = f"sqlite:///{db_dir / 'study.db'}"
+    url = f"sqlite:///{tmp_path / 'study.db'}"
     assert main(search_args(url, "--trials", str(n), "--sampler", sampler)) == 0
     trials = _load(url).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * n
@@ -165,8 +170,9 @@ def test_every_sampler_searches_the_static_space(sampler: str, trained, db_dir: 
         _check_trial(t, trained.space, trained.val_images)
 
 
-def test_budget_is_a_constraint_and_the_front_keeps_to_it(trained, make_cfg, db_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{db_dir / 'budget.db'}"
+def test_budget_is_a_constraint_and_the_front_keeps_to_it(trained: Any, make_cfg: Callable[..., Any],
+                                                          tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'budget.db'}"
     probe = SearchContext.build(make_cfg(url), trained.checkpoint)
     space = probe.evaluator.space
     small = _params(space, depth=1, width=0.5, ratio=0.0, exit_on=0, thr=0.5)
@@ -196,4 +202,3 @@ def test_budget_is_a_constraint_and_the_front_keeps_to_it(trained, make_cfg, db_
     on_front = {t.number for t, p in zip(feasible, pts)
                 if not any((q <= p).all() and (q < p).any() for q in pts)}
     assert {t.number for t in best} == on_front
-    assert not math.isnan(budget)

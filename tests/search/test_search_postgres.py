@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections import Counter
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 import pytest
@@ -17,8 +17,9 @@ WORKERS, EACH = 4, 25
 
 
 @pytest.mark.slow
-def test_four_workers_complete_exactly_their_trials(trained, make_cfg, postgres: str, worker_cmd: Callable[..., list[str]],
-                                                    env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def test_four_workers_complete_exactly_their_trials(trained: Any, make_cfg: Callable[..., Any], postgres: str,
+                                                    worker_cmd: Callable[..., list[str]],
+                                                    env: dict[str, str]) -> None:
     cfg = make_cfg(postgres, study="four-workers", trials=WORKERS * EACH)
     create_or_load_study(cfg, trained.space)  # once, before any worker (table creation races)
     procs = [subprocess.Popen(worker_cmd(cfg, w, EACH), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
