@@ -1,28 +1,35 @@
 """N Ray workers, each running ``study.optimize`` against the same storage.
 
 The database stays the single source of truth (DESIGN §8: Ray Tune's OptunaSearch does not
-write re-run trials back), so a worker that dies loses only its running trial, which the
-storage's heartbeat marks failed and retries.
+write re-run trials back). A worker that dies loses only its running trial: the driver
+fails it and enqueues its params again (SQLite and PostgreSQL would also do this through
+heartbeats; Optuna's journal file has none), then starts another round of workers until
+the study has its trials.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from exitnas._config import ExperimentConfig
 from exitnas._errors import UserError
+from exitnas.search import retry_lost_trials
 
 __all__ = ["run_ray_workers"]
 
 
-def _worker(cfg_dict: dict[str, Any], checkpoint: str, worker: int, n_trials: int, threads: int) -> int:
+MAX_ROUNDS = 3
+
+
+def _worker(cfg_dict: dict[str, Any], checkpoint: str, worker: int, n_trials: int, threads: int, token: str) -> int:
     import torch
 
     from exitnas.search import run_worker
 
     torch.set_num_threads(max(1, threads))
-    return run_worker(ExperimentConfig.from_dict(cfg_dict), checkpoint, worker, n_trials)
+    return run_worker(ExperimentConfig.from_dict(cfg_dict), checkpoint, worker, n_trials, token=token)
 
 
 def run_ray_workers(cfg: ExperimentConfig, checkpoint: str, trials_per_worker: int) -> int:
@@ -45,23 +52,42 @@ def run_ray_workers(cfg: ExperimentConfig, checkpoint: str, trials_per_worker: i
         cpus = int(ray.cluster_resources().get("CPU", sc.workers))
         threads = max(1, cpus // sc.workers)
         remote = ray.remote(num_cpus=1, num_gpus=sc.gpus_per_worker, max_retries=0)(_worker)
-        futures = [remote.remote(cfg.to_dict(), checkpoint, w, trials_per_worker, threads) for w in range(sc.workers)]
         bar = _progress(cfg)
         done_total = 0
-        pending = list(futures)
-        while pending:
-            ready, pending = ray.wait(pending, timeout=1.0)
-            for f in ready:
-                try:
-                    done_total += ray.get(f)
-                except ray.exceptions.RayError as e:  # a worker died: its finished trials are stored
-                    print(f"exitnas: a search worker failed: {str(e).splitlines()[0]}")
-            if bar is not None:
-                bar()
+        for round_ in range(MAX_ROUNDS):
+            tokens = [f"ray-{uuid.uuid4().hex[:12]}-w{w}" for w in range(sc.workers)]
+            futures = [remote.remote(cfg.to_dict(), checkpoint, w, trials_per_worker, threads, tokens[w])
+                       for w in range(sc.workers)]
+            token_of = dict(zip(futures, tokens))
+            lost = 0
+            pending = list(futures)
+            while pending:
+                ready, pending = ray.wait(pending, timeout=1.0)
+                for f in ready:
+                    try:
+                        done_total += ray.get(f)
+                    except ray.exceptions.RayError as e:  # a worker died: its finished trials are stored
+                        print(f"exitnas: search worker {token_of[f]} failed: {str(e).splitlines()[0]}")
+                        lost += 1 + retry_lost_trials(cfg, token_of[f])
+                if bar is not None:
+                    bar()
+            if not lost or _complete(cfg) >= sc.trials:
+                break
+            print(f"exitnas: round {round_ + 1} lost {lost} worker(s); starting another round")
         return done_total
     finally:
         if started:
             ray.shutdown()
+
+
+def _complete(cfg: ExperimentConfig) -> int:
+    import optuna
+
+    from exitnas._storage import open_storage
+    from exitnas.search import completed
+
+    return completed(optuna.load_study(study_name=cfg.search.study,
+                                       storage=open_storage(cfg.search.storage, heartbeat=False)))
 
 
 def _progress(cfg: ExperimentConfig) -> Any:

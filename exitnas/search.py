@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,13 +91,17 @@ class ArchObjective:
     """Trial → (validation accuracy, expected MMACs), with the breakdown as user attributes."""
 
     def __init__(self, evaluator: Evaluator, budget_mmacs: float | None = None,
-                 latency: LatencyTable | None = None) -> None:
+                 latency: LatencyTable | None = None, worker: str | None = None) -> None:
         self.evaluator = evaluator
         self.space = evaluator.space
         self.budget_mmacs = budget_mmacs
         self.latency = latency
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        # Tagged before any work, so a trial left RUNNING by a dead worker can be found.
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("worker_pid", os.getpid())
         arch, thresholds = suggest_arch(trial, self.space)
         before = self.evaluator.forward_passes
         cache = self.evaluator.cache(arch, "val")
@@ -117,7 +122,6 @@ class ArchObjective:
         trial.set_user_attr("head_mmacs", [m / 1e6 for m in costs.head_macs])
         trial.set_user_attr("params", list(costs.params))
         trial.set_user_attr("cache_reused", self.evaluator.forward_passes == before)
-        trial.set_user_attr("worker_pid", os.getpid())  # which worker ran it (Ray / several processes)
         if self.budget_mmacs is not None:
             trial.set_constraint("mmacs_over_budget", mmacs - self.budget_mmacs)
         return acc, second
@@ -196,7 +200,7 @@ class SearchContext:
     objective: ArchObjective
 
     @classmethod
-    def build(cls, cfg: ExperimentConfig, checkpoint: str) -> SearchContext:
+    def build(cls, cfg: ExperimentConfig, checkpoint: str, worker: str | None = None) -> SearchContext:
         from exitnas.data import load_dataset
         from exitnas.training import load_supernet, resolve_device, space_for
 
@@ -212,7 +216,7 @@ class SearchContext:
                                 "then --latency-table lut.json")
             latency = LatencyTable.load(cfg.search.latency_table)
             latency.exit_latency(ev.space, ev.space.smallest())  # fails early if of another space
-        return cls(cfg, ev, ArchObjective(ev, cfg.search.budget_mmacs, latency))
+        return cls(cfg, ev, ArchObjective(ev, cfg.search.budget_mmacs, latency, worker))
 
 
 def checkpoint_of(cfg: ExperimentConfig) -> str:
@@ -220,12 +224,14 @@ def checkpoint_of(cfg: ExperimentConfig) -> str:
 
 
 def run_worker(cfg: ExperimentConfig, checkpoint: str, worker: int, n_trials: int | None,
-               progress: bool = False) -> int:
+               progress: bool = False, token: str | None = None) -> int:
     """Run trials of the study against its shared storage until it has ``search.trials``.
 
+    ``token`` tags this worker's trials (user attribute ``worker``) so that a supervisor can
+    fail and retry the trial it leaves RUNNING if it dies (see :func:`retry_lost_trials`).
     Returns the number of trials this worker completed (other workers' trials not counted).
     """
-    ctx = SearchContext.build(cfg, checkpoint)
+    ctx = SearchContext.build(cfg, checkpoint, token)
     study = create_or_load_study(cfg, ctx.evaluator.space, seed_offset=worker)
     stop = optuna.study.MaxTrialsCallback(cfg.search.trials, states=(TrialState.COMPLETE,))
     mine = [0]
@@ -251,6 +257,22 @@ def run_worker(cfg: ExperimentConfig, checkpoint: str, worker: int, n_trials: in
     if bar is not None:
         bar.close()
     return mine[0]
+
+
+def retry_lost_trials(cfg: ExperimentConfig, token: str) -> int:
+    """Fail the RUNNING trials of a dead worker (tagged ``token``) and enqueue their params again.
+
+    RDB storages do this themselves through heartbeats; Optuna's journal file has none, so
+    the Ray driver calls this when a worker dies. Returns how many trials were retried.
+    """
+    storage = open_storage(cfg.search.storage, heartbeat=False)
+    study = optuna.load_study(study_name=cfg.search.study, storage=storage)
+    lost = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("worker") == token]
+    for t in lost:
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+    return len(lost)
 
 
 def run_search(cfg: ExperimentConfig) -> list[ParetoPoint]:

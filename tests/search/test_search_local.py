@@ -202,3 +202,32 @@ def test_budget_is_a_constraint_and_the_front_keeps_to_it(trained: Any, make_cfg
     on_front = {t.number for t, p in zip(feasible, pts)
                 if not any((q <= p).all() and (q < p).any() for q in pts)}
     assert {t.number for t in best} == on_front
+
+
+def test_retry_lost_trials_fails_a_dead_workers_running_trial_and_requeues_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The journal file has no heartbeats: the Ray driver fails a dead worker's trial itself."""
+    import optuna
+
+    from exitnas._config import ExperimentConfig
+    from exitnas._storage import open_storage
+    from exitnas.search import retry_lost_trials
+
+    url = f"journal:///{tmp_path / 'study.log'}"
+    cfg = ExperimentConfig.from_dict({"search": {"storage": url, "study": "s"}})
+    study = optuna.create_study(study_name="s", storage=open_storage(url), directions=["maximize", "minimize"])
+    done = study.ask()
+    done.suggest_float("x", 0, 1)
+    study.tell(done, [0.5, 1.0])
+    other = study.ask()
+    other.set_user_attr("worker", "alive")
+    lost = study.ask()
+    lost.set_user_attr("worker", "dead")
+    x = lost.suggest_float("x", 0, 1)
+    assert retry_lost_trials(cfg, "dead") == 1
+    trials = {t.number: t for t in optuna.load_study(study_name="s", storage=open_storage(url)).trials}
+    assert trials[done.number].state == optuna.trial.TrialState.COMPLETE
+    assert trials[other.number].state == optuna.trial.TrialState.RUNNING
+    assert trials[lost.number].state == optuna.trial.TrialState.FAIL
+    retry = [t for t in trials.values() if t.state == optuna.trial.TrialState.WAITING]
+    assert len(retry) == 1 and retry[0].system_attrs["fixed_params"] == {"x": x}
+    assert retry[0].user_attrs["retry_of"] == lost.number
