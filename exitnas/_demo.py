@@ -21,14 +21,14 @@ def demo_overrides(out: Path, quick: bool) -> list[str]:
         "data.val_size=0.2",
         "space.channels=[16,32,64]",
         "space.depths=[1,2,3]",
-        f"train.epochs={3 if quick else 15}",
+        f"train.epochs={3 if quick else 30}",
         "train.batch_size=64",
         "train.lr=0.1",
         "train.sandwich_random=1",
         f"train.out={out / 'supernet'}",
         f"search.storage=sqlite:///{out / 'study.db'}",
         "search.study=demo",
-        f"search.trials={12 if quick else 150}",
+        f"search.trials={12 if quick else 200}",
         "search.recal_images=500",
     ]
 

@@ -37,8 +37,8 @@ __all__ = [
 
 MAX_POINTS = 12
 
-CHOICE_RULE = ("the most accurate Pareto point (val) whose expected MMACs are at most the front's median "
-               "MMACs: the middle of the front, a balanced trade-off that a few very cheap or very costly "
+CHOICE_RULE = ("the most accurate Pareto point (val) whose expected MMACs are at most the median of the "
+               "front's distinct MMACs: the middle of the front, a balanced trade-off that a few very cheap or very costly "
                "points cannot move far")
 
 
@@ -50,7 +50,9 @@ def choose_trial(front: FrontInfo, trial: int | None = None) -> int:
     points = front.pareto_trials
     if not points:
         raise UserError(f"study {front.study_name!r} has no feasible complete trial; choose one with --trial")
-    median = float(np.median([p.mmacs for p in points]))
+    # Over distinct costs: many trials tied at one point (thresholds that change nothing)
+    # must not drag the median there.
+    median = float(np.median(sorted({p.mmacs for p in points})))
     under = [p for p in points if p.mmacs <= median]
     return max(under, key=lambda p: (p.accuracy, -p.mmacs, -p.number)).number
 
