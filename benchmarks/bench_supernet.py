@@ -14,12 +14,8 @@ Usage: ``.venv/bin/python benchmarks/bench_supernet.py [--repeats 10] [--no-writ
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import platform
 import random
-import re
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from exitnas.search_space import ArchConfig, SearchSpace, Supernet, build_space
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _env import environment, environment_line, loadavg, write_section  # noqa: E402
 
 SECTION = "## bench_supernet: elastic overhead (CPU)"
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -131,37 +130,6 @@ def _table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)
-        commit = out.stdout.strip() if out.returncode == 0 else ""
-        if not commit:
-            return "uncommitted"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip()
-        return commit + (" (+ uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "uncommitted"
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
-
-
 def _contention_note(load: tuple[str, str]) -> str:
     """A warning when other jobs shared the cores (1-min load above the torch thread count)."""
     try:
@@ -186,37 +154,14 @@ def _section(rows: list[Row], args: argparse.Namespace, wall_s: float, load: tup
         f"ratios (0–1), heads (linear, msdnet); supernet and `to_static` steps interleaved, "
         f"{args.warmup} warm-up pairs; ratio = median supernet / median static; target ≤ {TARGET}.",
         "",
-        f"- device: {_cpu_model()}, {torch.get_num_threads()} torch threads "
-        f"({_nproc()} CPUs visible; 1/5/15-min load average {load[0]} at start, {load[1]} at end)",
-        f"- torch {torch.__version__}, python {platform.python_version()}",
-        f"- git commit: {_git_commit()}",
-        f"- date: {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}; benchmark wall time {wall_s:.0f} s",
+        f"- {environment_line(environment())}",
+        f"- 1/5/15-min load average {load[0]} at start, {load[1]} at end; benchmark wall time {wall_s:.0f} s",
         "",
         _table(rows),
         "",
         f"Worst ratio {worst:.3f}: {verdict} the ≤ {TARGET} target." + _contention_note(load),
         "",
     ])
-
-
-def _nproc() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace this benchmark's section of ``path`` (or append it), leaving other sections alone."""
-    if path.exists():
-        old = path.read_text()
-    else:
-        old = "# Benchmark results\n\nEach benchmark under `benchmarks/` writes its own section below.\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _m: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    t0, load0 = time.perf_counter(), _loadavg()
+    t0, load0 = time.perf_counter(), loadavg()
     space = build_space("msr-resnet", in_channels=3, num_classes=10, channels=(32, 64, 128))
     net = Supernet(space).train()
     x = torch.randn(args.batch, 3, 32, 32)
@@ -244,11 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<9} {_describe(arch):<56} supernet {1e3 * statistics.median(row.sup):8.1f} ms  "
               f"static {1e3 * statistics.median(row.sta):8.1f} ms  ratio {row.ratio:.3f} (paired {row.paired:.3f})",
               flush=True)
-    text = _section(rows, args, time.perf_counter() - t0, (load0, _loadavg()))
+    text = _section(rows, args, time.perf_counter() - t0, (load0, loadavg()))
     print()
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text.split("\n", 1)[1])
         print(f"wrote section to {RESULTS}")
     return 0
 
