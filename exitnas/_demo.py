@@ -35,7 +35,7 @@ def demo_overrides(out: Path, quick: bool) -> list[str]:
 
 def run_demo(out: Path, quick: bool = False) -> int:
     from exitnas.data import load_dataset
-    from exitnas.results import CHOICE_RULE, build_report, choose_trial, export_trial, load_front
+    from exitnas.results import CHOICE_RULE, build_report, export_trial
     from exitnas.search import format_front, run_search
     from exitnas.training import train_supernet
 
@@ -52,9 +52,9 @@ def run_demo(out: Path, quick: bool = False) -> int:
           f"{cfg.search.storage})")
     front = run_search(cfg)
     print(format_front(front))
-    chosen = choose_trial(load_front(cfg.search.storage, cfg.search.study))
-    print(f"[3/4] writing the report (test numbers for the front; chosen trial {chosen}: {CHOICE_RULE})")
-    report = build_report(cfg.search.storage, cfg.search.study, str(trained.checkpoint), out / "report", trial=chosen)
+    print(f"[3/4] writing the report (test numbers for the front; the chosen trial is {CHOICE_RULE})")
+    report = build_report(cfg.search.storage, cfg.search.study, str(trained.checkpoint), out / "report")
+    chosen = report.chosen_trial
     point = next(p for p in report.tests if p.trial == chosen)
     static = report.curves.static
     print(f"  trial {chosen}: test accuracy {point.test_accuracy:.4f} at {point.test_mmacs:.3f} expected MMACs "

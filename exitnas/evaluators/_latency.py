@@ -10,9 +10,11 @@ the same arithmetic as expected MACs.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import platform
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -23,9 +25,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from exitnas._confidence import confidence
 from exitnas._errors import UserError
-from exitnas.search_space import ArchConfig, SearchSpace, Supernet
+from exitnas.search_space import ArchConfig, SearchSpace, StaticNet, Supernet
 
 __all__ = ["LatencyTable", "profile_space", "time_call", "LUT_FORMAT"]
 
@@ -75,6 +76,7 @@ class LatencyTable:
     torch_version: str
     date: str
     stat: str = "median_ms"
+    context_factor: float = 1.0
 
     def ms(self, key: str) -> float:
         try:
@@ -86,6 +88,12 @@ class LatencyTable:
         """Cumulative ms of leaving at each exit: stem + blocks so far + heads and decisions so far."""
         if space.to_dict() != self.space:
             raise UserError("latency table was measured for another search space; run exitnas profile for this one")
+        modules = self._module_latency(space, arch)
+        decision = self.ms("decision")
+        return [self.context_factor * m + decision * (k + 1) for k, m in enumerate(modules)]
+
+    def _module_latency(self, space: SearchSpace, arch: ArchConfig) -> list[float]:
+        """Cumulative ms of stem, blocks and heads up to each exit, as measured in isolation."""
         out, total = [], self.ms(f"stem|{space.stage_channels(0, arch.widths[0])}")
         exits = dict(zip(arch.exits, arch.heads))
         c_in = space.stage_channels(0, arch.widths[0])
@@ -95,14 +103,14 @@ class LatencyTable:
                 total += self.ms(_block_key(s, b == 0, c_in, c, arch.ratios[s][b]))
                 c_in = c
                 if (s, b) in exits:
-                    total += self.ms(_head_key(exits[s, b], s, c)) + self.ms("decision")
+                    total += self.ms(_head_key(exits[s, b], s, c))
                     out.append(total)
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": LUT_FORMAT, "entries": self.entries, "space": self.space, "image_size": self.image_size,
                 "device": self.device, "device_name": self.device_name, "torch_version": self.torch_version,
-                "date": self.date, "stat": self.stat}
+                "date": self.date, "stat": self.stat, "context_factor": self.context_factor}
 
     def save(self, path: str | Path) -> None:
         from exitnas.training import atomic_write_bytes
@@ -119,7 +127,7 @@ class LatencyTable:
             if d.get("format") != LUT_FORMAT:
                 raise ValueError("format")
             return cls(d["entries"], d["space"], int(d["image_size"]), d["device"], d["device_name"],
-                       d["torch_version"], d["date"], d.get("stat", "median_ms"))
+                       d["torch_version"], d["date"], d.get("stat", "median_ms"), float(d.get("context_factor", 1.0)))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UserError(f"latency table {p} is not an exitnas latency table; make one with exitnas profile") from None
 
@@ -138,8 +146,9 @@ def _device_name(device: torch.device) -> str:
 
 @torch.no_grad()
 def profile_space(space: SearchSpace, image_size: int, device: torch.device, *, warmup: int = 10,
-                  repeats: int = 30, inner: int = 5, progress: bool = True) -> LatencyTable:
-    """Measure every block choice, stem, head and the exit decision of ``space`` at batch size 1."""
+                  repeats: int = 30, inner: int = 5, progress: bool = True, calibration_archs: int = 8) -> LatencyTable:
+    """Measure every block choice, stem, head and the exit decision of ``space`` at batch size 1,
+    then fit the in-context factor on ``calibration_archs`` whole subnets."""
     supernet = Supernet(space).eval()
     jobs: list[tuple[str, nn.Module, tuple[int, ...]]] = []
     sizes = [image_size]
@@ -170,20 +179,47 @@ def profile_space(space: SearchSpace, image_size: int, device: torch.device, *, 
         x = torch.randn(shape, device=device)
         entries[key] = time_call(lambda: module(x), device, warmup, repeats, inner)
     entries["decision"] = _time_decision(space.num_classes, device, warmup, repeats, inner)
-    return LatencyTable(entries, space.to_dict(), image_size, device.type, _device_name(device), torch.__version__,
-                        _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    table = LatencyTable(entries, space.to_dict(), image_size, device.type, _device_name(device), torch.__version__,
+                         _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    factor = _context_factor(table, space, supernet, image_size, device, warmup, repeats, inner, calibration_archs)
+    return dataclasses.replace(table, context_factor=factor)
+
+
+def _context_factor(table: LatencyTable, space: SearchSpace, supernet: Supernet, image_size: int,
+                    device: torch.device, warmup: int, repeats: int, inner: int, n: int) -> float:
+    """Measured ÷ summed-isolated latency of whole subnets (all exits run), median over ``n`` archs.
+
+    Modules timed alone, each on its own warm input, run faster than in a sequence where every
+    block meets new activations and weights; this factor, fit on a few calibration archs
+    (their own seed), carries that into the table's predictions.
+    """
+    if n <= 0:
+        return 1.0
+    rng = random.Random(20_241_129)
+    x = torch.randn(1, space.in_channels, image_size, image_size, device=device)
+    ratios = []
+    for _ in range(n):
+        arch = space.sample(rng)
+        net = supernet.to_static(arch).to(device).eval()
+        measured = time_call(lambda: net(x), device, warmup, repeats, inner)[table.stat]
+        ratios.append(measured / table._module_latency(space, arch)[-1])
+    return float(statistics.median(ratios))
+
+
+class _Logits(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 def _time_decision(num_classes: int, device: torch.device, warmup: int, repeats: int, inner: int) -> dict[str, float]:
-    """What StaticNet.early_exit does at each exit besides the head: confidence, compare, bookkeeping."""
+    """Per-exit cost of StaticNet.early_exit besides its modules: confidence, compare, bookkeeping.
+
+    Timed through the real method on a net whose segments and heads do nothing (the input is
+    already logits-shaped), divided by its number of exits; nobody leaves, the common path.
+    """
+    k = 8
+    net = StaticNet([nn.Identity() for _ in range(k)], [_Logits() for _ in range(k)]).to(device).eval()
     logits = torch.randn(1, num_classes, device=device)
-    out = torch.zeros(1, num_classes, device=device)
-    idx = torch.arange(1, device=device)
-    t = torch.tensor(2.0, device=device)  # nobody leaves: the common path at early exits
-
-    def decide() -> None:
-        leave = confidence(logits, "maxprob") >= t
-        if bool(leave.any()):
-            out[idx[leave]] = logits[leave]
-
-    return time_call(decide, device, warmup, repeats, inner)
+    t = torch.full((k - 1,), 2.0, device=device)
+    r = time_call(lambda: net.early_exit(logits, t), device, warmup, repeats, inner)
+    return {**{key: v / k for key, v in r.items() if key.endswith("_ms")}, "count": r["count"]}
