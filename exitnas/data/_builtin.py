@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from exitnas._errors import UserError
-from exitnas.data._splits import DATASETS, DataConfig, ImageSplits, make_splits, stratified_holdout
+from exitnas.data._splits import (
+    DATASETS,
+    DataConfig,
+    ImageSplits,
+    make_splits,
+    stratified_holdout,
+)
 
 __all__ = ["load_cifar10", "load_cifar100", "load_digits"]
 

@@ -38,7 +38,14 @@ def read_arch(spec: str, space: SearchSpace) -> ArchConfig:
 def run_evaluate(args: argparse.Namespace) -> int:
     from exitnas._config import load_config
     from exitnas.data import load_dataset
-    from exitnas.evaluators import Evaluator, ExitPolicy, anytime, budgeted_batch, check_thresholds, oracle
+    from exitnas.evaluators import (
+        Evaluator,
+        ExitPolicy,
+        anytime,
+        budgeted_batch,
+        check_thresholds,
+        oracle,
+    )
     from exitnas.training import load_supernet, resolve_device
     from exitnas.training._checkpoint import load_checkpoint
 

@@ -17,7 +17,12 @@ from exitnas.results._evaluate import (
     static_largest_arch,
 )
 from exitnas.results._export import ExportResult, export_trial, load_trial, write_export
-from exitnas.results._figures import plot_curves, plot_front, plot_histogram, plot_progress
+from exitnas.results._figures import (
+    plot_curves,
+    plot_front,
+    plot_histogram,
+    plot_progress,
+)
 from exitnas.results._front import FrontInfo, TrialRecord, load_front, pareto_mask
 from exitnas.results._hypervolume import ProgressInfo, get_progress_info, hypervolume_2d
 from exitnas.results._model import EarlyExitModel, load_export

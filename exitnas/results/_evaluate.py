@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 
 from exitnas._errors import UserError
-from exitnas.evaluators import CurvePoint, Evaluator, ExitPolicy, anytime, budgeted_batch, oracle
+from exitnas.evaluators import (
+    CurvePoint,
+    Evaluator,
+    ExitPolicy,
+    anytime,
+    budgeted_batch,
+    oracle,
+)
 from exitnas.results._front import FrontInfo, TrialRecord
 from exitnas.search_space import ArchConfig, SearchSpace
 
@@ -132,7 +139,12 @@ def open_evaluator(front: FrontInfo, checkpoint: str | Path, device: str = "auto
     confidence settings (from its ``config`` attribute, else the checkpoint's config)."""
     from exitnas._config import ExperimentConfig
     from exitnas.data import load_dataset
-    from exitnas.training import load_checkpoint, load_supernet, resolve_device, space_for
+    from exitnas.training import (
+        load_checkpoint,
+        load_supernet,
+        resolve_device,
+        space_for,
+    )
 
     state = load_checkpoint(checkpoint)
     cfg = ExperimentConfig.from_dict(front.study_user_attrs.get("config") or state["config"])

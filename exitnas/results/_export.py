@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from exitnas._errors import UserError
+from exitnas._io import atomic_write
 from exitnas.results._model import EXPORT_FORMAT, EarlyExitModel, _AllExits, sha256_file
 from exitnas.search_space import ArchConfig, StaticNet
 
@@ -128,14 +127,14 @@ def write_export(out: str | Path, net: StaticNet, meta: dict[str, Any], mean: li
     model = EarlyExitModel(net, thresholds, mean, std, meta.get("confidence", "maxprob")).eval()
     weights = d / "weights.safetensors"
     state_dict = {k: v.contiguous() for k, v in net.state_dict().items()}
-    _atomic_file(weights, lambda p: save_file(state_dict, p))
+    atomic_write(weights, lambda p: save_file(state_dict, p))
     ts_path = d / "model.torchscript.pt"
-    _atomic_file(ts_path, lambda p: torch.jit.save(torch.jit.script(model), p))
+    atomic_write(ts_path, lambda p: torch.jit.save(torch.jit.script(model), p))
     onnx_path = d / "model.onnx" if onnx else None
     if onnx_path is not None:
         x = torch.rand(1, *input_shape)
         names = [f"exit{k}" for k in range(arch.num_exits)]
-        _atomic_file(onnx_path, lambda p: torch.onnx.export(
+        atomic_write(onnx_path, lambda p: torch.onnx.export(
             _AllExits(model), (x,), p, input_names=["image"], output_names=names, dynamo=False,
             dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}))
     files: dict[str, Any] = {
@@ -156,25 +155,5 @@ def write_export(out: str | Path, net: StaticNet, meta: dict[str, Any], mean: li
     full["provenance"] = {**meta.get("provenance", {}), "versions": library_versions(),
                           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     arch_json = d / "arch.json"
-    _atomic_file(arch_json, lambda p: Path(p).write_text(json.dumps(full, indent=1)))
+    atomic_write(arch_json, lambda p: Path(p).write_text(json.dumps(full, indent=1)))
     return ExportResult(d, arch_json, weights, ts_path, onnx_path)
-
-
-def _umask_mode(path: str) -> None:
-    """mkstemp makes 0600 files; give the result the mode a plain open() would."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
-def _atomic_file(path: Path, write: Any) -> None:
-    """Let ``write(tmp_path)`` produce the file, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        _umask_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

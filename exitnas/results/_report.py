@@ -29,7 +29,12 @@ from exitnas.results._evaluate import (
     resolve_checkpoint,
     spread_points,
 )
-from exitnas.results._figures import plot_curves, plot_front, plot_histogram, plot_progress
+from exitnas.results._figures import (
+    plot_curves,
+    plot_front,
+    plot_histogram,
+    plot_progress,
+)
 from exitnas.results._front import FrontInfo, load_front, open_study
 from exitnas.results._hypervolume import ProgressInfo, get_progress_info
 

@@ -14,7 +14,13 @@ import torch
 from tqdm.auto import tqdm
 
 from exitnas._errors import UserError
-from exitnas.evaluators import ExitCache, ExitPolicy, build_exit_cache, exit_costs, fit_budgeted_thresholds
+from exitnas.evaluators import (
+    ExitCache,
+    ExitPolicy,
+    build_exit_cache,
+    exit_costs,
+    fit_budgeted_thresholds,
+)
 from exitnas.evaluators._protocols import DEFAULT_P_SWEEP
 from exitnas.results._export import ExportResult, write_export
 from exitnas.results._model import load_export

@@ -6,7 +6,11 @@ from torch import Tensor, nn
 
 from exitnas.search_space._arch import ArchConfig
 from exitnas.search_space._heads import HEADS
-from exitnas.search_space._ops import ElasticBatchNorm2d, ElasticConv2d, ElasticMultiScaleConv2d
+from exitnas.search_space._ops import (
+    ElasticBatchNorm2d,
+    ElasticConv2d,
+    ElasticMultiScaleConv2d,
+)
 from exitnas.search_space._space import SearchSpace
 from exitnas.search_space._static import StaticBlock, StaticNet
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from exitnas.training._checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from exitnas.training._checkpoint import (
+    atomic_write_bytes,
+    load_checkpoint,
+    save_checkpoint,
+)
 from exitnas.training._losses import LOSSES, plain_loss
 from exitnas.training._trainer import (
     TrainResult,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 import torch
 
 from exitnas._errors import UserError
+from exitnas._io import atomic_write, atomic_write_bytes
 from exitnas.search_space import SearchSpace
 
 __all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "check_space"]
@@ -18,32 +17,15 @@ __all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "check_sp
 CHECKPOINT_FORMAT = 1
 
 
-def _atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files; give the mode open() would
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new, never half
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    _atomic(Path(path), lambda f: f.write(data))
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Save ``state`` (tensors, numbers, strings, lists, dicts only) atomically."""
     state = {"format": CHECKPOINT_FORMAT, **state}
-    _atomic(Path(path), lambda f: torch.save(state, f))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
