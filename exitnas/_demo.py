@@ -68,5 +68,5 @@ def run_demo(out: Path, quick: bool = False) -> int:
     print(f"done in {time.perf_counter() - t0:.0f} s. wrote:")
     for p in paths:
         print(f"  {p}")
-    print(f"inspect the study: optuna-dashboard {cfg.search.storage}")
+    print(f"inspect the study (pip install optuna-dashboard): optuna-dashboard {cfg.search.storage}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 import json
 import platform
 from dataclasses import dataclass
@@ -130,6 +131,9 @@ def write_export(out: str | Path, net: StaticNet, meta: dict[str, Any], mean: li
     atomic_write(weights, lambda p: save_file(state_dict, p))
     ts_path = d / "model.torchscript.pt"
     atomic_write(ts_path, lambda p: torch.jit.save(torch.jit.script(model), p))
+    if onnx and importlib.util.find_spec("onnx") is None:
+        print("exitnas: the onnx package is not installed (pip install onnx); skipping model.onnx")
+        onnx = False
     onnx_path = d / "model.onnx" if onnx else None
     if onnx_path is not None:
         x = torch.rand(1, *input_shape)
