@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 
 from exitnas._registry import Registry
 from exitnas.search_space._ops import ElasticBatchNorm2d, ElasticConv2d
 
-__all__ = ["HEADS", "ElasticHead", "LinearHead", "MSDNetHead"]
+__all__ = ["HEADS", "BoFHead", "ElasticHead", "LinearHead", "MSDNetHead"]
 
 
 class ElasticHead(nn.Module):
@@ -78,3 +79,37 @@ class MSDNetHead(ElasticHead):
             _Pool(),
             copy.deepcopy(self.fc),
         )
+
+
+class _BoFStatic(nn.Module):
+    """Plain bag-of-features head: 1×1 codeword similarities → soft assignment → histogram → linear."""
+
+    def __init__(self, codewords: nn.Conv2d, fc: nn.Linear, temperature: float) -> None:
+        super().__init__()
+        self.codewords, self.fc, self.temperature = codewords, fc, temperature
+
+    def histogram(self, x: Tensor) -> Tensor:
+        assign = torch.softmax(self.codewords(x) / self.temperature, dim=1)  # N×K×H×W, sums to 1 over K
+        return assign.mean(dim=(2, 3))  # N×K: a histogram of codeword use over the positions
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.histogram(x))
+
+
+@HEADS.register("bof", "bag-of-features head (Passalis et al. 2020): codewords, soft assignment, histogram, linear")
+class BoFHead(ElasticHead):
+    """Each position is softly assigned to ``codewords`` learned by a 1×1 conv; the exit classifies
+    the histogram of assignments, a summary that is cheap and invariant to where features occur."""
+
+    def __init__(self, max_in: int, num_classes: int, codewords: int = 32, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.codewords = ElasticConv2d(max_in, codewords, 1, bias=True)
+        self.fc = nn.Linear(codewords, num_classes)
+        self.k, self.temperature = codewords, temperature
+
+    def forward(self, x: Tensor) -> Tensor:
+        assign = torch.softmax(self.codewords(x, self.k) / self.temperature, dim=1)
+        return self.fc(assign.mean(dim=(2, 3)))
+
+    def to_static(self, c_in: int) -> nn.Module:
+        return _BoFStatic(self.codewords.to_static(c_in, self.k), copy.deepcopy(self.fc), self.temperature)

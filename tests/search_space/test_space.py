@@ -147,8 +147,8 @@ def test_space_round_trip_and_errors() -> None:
         _tiny(ratios=(1.5,))
     with pytest.raises(UserError, match="depth_choices"):
         _tiny(depths=())
-    with pytest.raises(UserError, match="unknown exit head 'bof'"):
-        _tiny(heads=("bof",))
+    with pytest.raises(UserError, match="unknown exit head 'nope'"):
+        _tiny(heads=("nope",))
 
 
 def test_stage_channels_are_a_prefix() -> None:
