@@ -69,8 +69,14 @@ def retrain_export(arch_json: str | Path, out: str | Path, *, scratch: bool = Tr
     multi-exit loss, refit its thresholds on val for the export's val expected MACs, and
     write a new export with test accuracy and expected MACs."""
     from exitnas._config import ExperimentConfig
-    from exitnas.data import GpuBatchLoader, load_dataset
-    from exitnas.training import LOSSES, lr_at, resolve_device
+    from exitnas.data import load_dataset
+    from exitnas.training._trainer import (
+        LOSSES,
+        lr_at,
+        make_optimizer,
+        resolve_device,
+        train_loader,
+    )
 
     t0 = time.perf_counter()
     model, meta = load_export(arch_json)
@@ -90,17 +96,12 @@ def retrain_export(arch_json: str | Path, out: str | Path, *, scratch: bool = Tr
     net: StaticNet = Supernet(space).to_static(arch) if scratch else model.net
     net = net.to(device).requires_grad_(True).train()
 
-    loader = GpuBatchLoader(splits.train_x, splits.train_y, splits.mean, splits.std, tc.batch_size, device=device,
-                            augment=tc.augment, pad=tc.crop_pad if tc.crop_pad is not None else max(1, splits.image_size // 8),
-                            flip=tc.flip if tc.flip is not None else splits.image_size >= 32, seed=seed)
+    loader = train_loader(tc, splits, device, seed)
     spe = len(loader)
     total = max(1, round(epochs * spe))
     warmup = min(total, round(tc.warmup_epochs * spe)) if scratch else 0
     base_lr = (lr if lr is not None else (tc.lr if scratch else tc.lr * 0.1))
-    decay = [p for p in net.parameters() if p.ndim > 1]
-    no_decay = [p for p in net.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                          lr=base_lr, momentum=tc.momentum, nesterov=True)
+    opt = make_optimizer(net, tc, base_lr)
     loss_fn = LOSSES.get(tc.loss)
     amp = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     bar = tqdm(total=total, desc="retrain" + (" (scratch)" if scratch else " (fine-tune)"), unit="step",

@@ -12,9 +12,11 @@ from exitnas.training._trainer import (
     TrainResult,
     load_supernet,
     lr_at,
+    make_optimizer,
     resolve_device,
     sandwich_archs,
     space_for,
+    train_loader,
     train_supernet,
 )
 
@@ -25,10 +27,12 @@ __all__ = [
     "load_checkpoint",
     "load_supernet",
     "lr_at",
+    "make_optimizer",
     "plain_loss",
     "resolve_device",
     "sandwich_archs",
     "save_checkpoint",
     "space_for",
+    "train_loader",
     "train_supernet",
 ]

@@ -15,7 +15,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from exitnas._config import ExperimentConfig
+from exitnas._config import ExperimentConfig, TrainConfig
 from exitnas._errors import UserError
 from exitnas.data import GpuBatchLoader, ImageSplits, load_dataset
 from exitnas.search_space import ArchConfig, SearchSpace, Supernet, build_space
@@ -28,7 +28,8 @@ from exitnas.training._dist import (
 )
 from exitnas.training._losses import LOSSES
 
-__all__ = ["TrainResult", "load_supernet", "lr_at", "resolve_device", "sandwich_archs", "space_for", "train_supernet"]
+__all__ = ["TrainResult", "load_supernet", "lr_at", "make_optimizer", "resolve_device", "sandwich_archs", "space_for",
+           "train_loader", "train_supernet"]
 
 CHECKPOINT_NAME = "supernet.pt"
 
@@ -109,17 +110,10 @@ def train_supernet(
     model = Supernet(space).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    decay, no_decay = _param_groups(model)
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=tc.lr, momentum=tc.momentum, nesterov=True,
-    )
+    opt = make_optimizer(model, tc, tc.lr)
     if tc.batch_size % info.world:
         raise UserError(f"train.batch_size {tc.batch_size} does not split over {info.world} processes")
-    pad = tc.crop_pad if tc.crop_pad is not None else max(1, splits.image_size // 8)
-    flip = tc.flip if tc.flip is not None else splits.image_size >= 32
-    loader = GpuBatchLoader(splits.train_x, splits.train_y, splits.mean, splits.std, tc.batch_size,
-                            device=device, augment=tc.augment, pad=pad, flip=flip, seed=tc.seed)
+    loader = train_loader(tc, splits, device, tc.seed)
     spe = len(loader)
     if spe == 0:
         raise UserError(f"train.batch_size {tc.batch_size} is larger than the {len(splits.train_y)} training images")
@@ -186,12 +180,25 @@ def train_supernet(
     return TrainResult(ckpt_path, step, ips, last_loss)
 
 
-def _param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Weight decay on conv and linear weights only, not on BN scales and biases."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
-    return decay, no_decay
+def make_optimizer(model: nn.Module, tc: TrainConfig, lr: float) -> torch.optim.SGD:
+    """SGD with Nesterov momentum; weight decay on conv and linear weights only, not on BN
+    scales and biases."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": tc.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=lr, momentum=tc.momentum, nesterov=True)
+
+
+def train_loader(tc: TrainConfig, splits: ImageSplits, device: torch.device, seed: int) -> GpuBatchLoader:
+    """The training images on ``device`` with the config's augmentation.
+
+    ``crop_pad`` and ``flip`` left empty follow the images: pad = size/8, flips for 32 px and more.
+    """
+    pad = tc.crop_pad if tc.crop_pad is not None else max(1, splits.image_size // 8)
+    flip = tc.flip if tc.flip is not None else splits.image_size >= 32
+    return GpuBatchLoader(splits.train_x, splits.train_y, splits.mean, splits.std, tc.batch_size,
+                          device=device, augment=tc.augment, pad=pad, flip=flip, seed=seed)
 
 
 def _state(model: Supernet, opt: torch.optim.Optimizer, sched: Any, space: SearchSpace,

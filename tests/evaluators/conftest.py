@@ -5,8 +5,9 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from exitnas.data import DataConfig, ImageSplits, load_dataset
 from exitnas.evaluators import ExitCache
-from exitnas.search_space import ArchConfig
+from exitnas.search_space import ArchConfig, SearchSpace, build_space
 
 
 def _chain_arch(k: int) -> ArchConfig:
@@ -47,3 +48,15 @@ def make_cache() -> Callable[..., ExitCache]:
 @pytest.fixture
 def random_cache() -> Callable[..., ExitCache]:
     return _random_cache
+
+
+# Shared by the evaluator and recalibration tests: digits and a tiny space.
+@pytest.fixture(scope="module")
+def splits() -> ImageSplits:
+    return load_dataset(DataConfig())
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    return build_space("msr-resnet", in_channels=1, num_classes=10, channels=(8, 16), depths=(1, 2),
+                       widths=(0.5, 1.0), ratios=(0.0, 1.0), heads=("linear", "msdnet"))

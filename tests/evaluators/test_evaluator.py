@@ -13,20 +13,9 @@ from exitnas._confidence import confidence
 from exitnas._errors import UserError
 from exitnas.data import DataConfig, ImageSplits, load_dataset, normalize
 from exitnas.evaluators import Evaluator, ExitCache, ExitCacheStore
-from exitnas.search_space import ArchConfig, SearchSpace, Supernet, build_space
+from exitnas.search_space import ArchConfig, SearchSpace, Supernet
 
 RECAL = dict(recal_images=256, batch_size=256)
-
-
-@pytest.fixture(scope="module")
-def splits() -> ImageSplits:
-    return load_dataset(DataConfig())
-
-
-@pytest.fixture(scope="module")
-def space() -> SearchSpace:
-    return build_space("msr-resnet", in_channels=1, num_classes=10, channels=(8, 16), depths=(1, 2),
-                       widths=(0.5, 1.0), ratios=(0.0, 1.0), heads=("linear", "msdnet"))
 
 
 @pytest.fixture(scope="module")

@@ -9,20 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from exitnas.data import DataConfig, ImageSplits, load_dataset, normalize
+from exitnas.data import ImageSplits, normalize
 from exitnas.evaluators import recalibrate_bn, recalibrated_subnet
-from exitnas.search_space import SearchSpace, StaticNet, Supernet, build_space
-
-
-@pytest.fixture(scope="module")
-def splits() -> ImageSplits:
-    return load_dataset(DataConfig())
-
-
-@pytest.fixture(scope="module")
-def space() -> SearchSpace:
-    return build_space("msr-resnet", in_channels=1, num_classes=10, channels=(8, 16), depths=(1, 2),
-                       widths=(0.5, 1.0), ratios=(0.0, 1.0), heads=("linear", "msdnet"))
+from exitnas.search_space import SearchSpace, StaticNet, Supernet
 
 
 @pytest.fixture(scope="module")
