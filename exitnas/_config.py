@@ -34,6 +34,7 @@ class SpaceConfig:
     widths: tuple[float, ...] = (0.5, 0.75, 1.0)
     ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     heads: tuple[str, ...] = ("linear", "msdnet")
+    combine: str = "none"
 
     def options(self) -> dict[str, Any]:
         """Keyword options of the space factory."""
@@ -60,6 +61,8 @@ class TrainConfig:
     sandwich_random: int = 2
     distill: float = 0.5
     loss: str = "plain"
+    routing: str = "shared"
+    dfs_beta: float = 0.5
     augment: bool = True
     crop_pad: int | None = None
     flip: bool | None = None
@@ -88,6 +91,7 @@ class SearchConfig:
     seed: int = 0
     recal_images: int = 2000
     confidence: str = "maxprob"
+    exit_rule: str = "threshold"
     cache_dir: str | None = None
     checkpoint: str | None = None
     progress: bool = True

@@ -23,11 +23,12 @@ from exitnas._config import ExperimentConfig
 from exitnas._errors import UserError
 from exitnas._registry import Registry
 from exitnas._storage import open_storage, storage_kind
-from exitnas.evaluators import Evaluator, ExitPolicy
+from exitnas.evaluators import Evaluator, ExitPolicy, bof_thresholds
 from exitnas.evaluators._latency import LatencyTable
 from exitnas.search_space import ArchConfig, SearchSpace
 
 __all__ = [
+    "EXIT_RULES",
     "SAMPLERS",
     "METRIC_NAMES",
     "ArchObjective",
@@ -63,14 +64,27 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return SAMPLERS.get(name)(seed)
 
 
+#: Exit rules by name (``search.exit_rule``): what a trial suggests for the exits' thresholds.
+EXIT_RULES: Registry[str] = Registry("exit rule")
+EXIT_RULES.register("threshold", "a confidence threshold per exit, each searched (default)")("threshold")
+EXIT_RULES.register("bof", "bag-of-features rule: one searched beta; leave when confidence >= "
+                           "beta x the exit's mean confidence on training images")("bof")
+BOF_BETA_RANGE = (0.5, 1.5)
+
+
 # -- trial ↔ arch ----------------------------------------------------------------------------
-def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace) -> tuple[ArchConfig, np.ndarray]:
+def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace,
+                 exit_rule: str = "threshold") -> tuple[ArchConfig, np.ndarray]:
     """The only place ``trial.suggest_*`` is called: an arch and its thresholds.
 
     The Optuna space is static (DESIGN §5): every trial suggests a ratio for every block
     slot and an on/off, head and threshold for every candidate exit, used or not, so
-    evolutionary and relative samplers can learn from all of them.
+    evolutionary and relative samplers can learn from all of them. With the ``bof`` exit
+    rule the trial suggests one ``beta`` instead of the thresholds, and the returned
+    array holds ``beta`` once per non-final exit: multiply it by the exits' mean training
+    confidences (:func:`~exitnas.evaluators.bof_thresholds`) to get thresholds.
     """
+    EXIT_RULES.get(exit_rule)
     depths = [trial.suggest_categorical(f"depth_{s}", list(space.depth_choices)) for s in range(space.num_stages)]
     widths = [trial.suggest_categorical(f"width_{s}", list(space.width_choices)) for s in range(space.num_stages)]
     ratios, on, heads, thr = {}, {}, {}, {}
@@ -78,7 +92,11 @@ def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace) -> tuple[Arc
         ratios[s, b] = trial.suggest_categorical(f"ratio_{s}_{b}", list(space.ratio_choices))
         on[s, b] = trial.suggest_categorical(f"exit_{s}_{b}", [0, 1])
         heads[s, b] = trial.suggest_categorical(f"head_{s}_{b}", list(space.head_choices))
-        thr[s, b] = trial.suggest_float(f"thr_{s}_{b}", 0.0, 1.0)
+        if exit_rule == "threshold":
+            thr[s, b] = trial.suggest_float(f"thr_{s}_{b}", 0.0, 1.0)
+    if exit_rule == "bof":
+        beta = trial.suggest_float("beta", *BOF_BETA_RANGE)
+        thr = {p: beta for p in space.candidate_exits()}
     blocks = [(s, b) for s in range(space.num_stages) for b in range(depths[s])]
     exits = [p for p in blocks[:-1] if on[p]] + [blocks[-1]]
     arch = ArchConfig(space.name, tuple(depths), tuple(float(w) for w in widths),
@@ -91,8 +109,10 @@ class ArchObjective:
     """Trial → (validation accuracy, expected MMACs), with the breakdown as user attributes."""
 
     def __init__(self, evaluator: Evaluator, budget_mmacs: float | None = None,
-                 latency: LatencyTable | None = None, worker: str | None = None) -> None:
+                 latency: LatencyTable | None = None, worker: str | None = None,
+                 exit_rule: str = "threshold") -> None:
         self.evaluator = evaluator
+        self.exit_rule = EXIT_RULES.get(exit_rule)
         self.space = evaluator.space
         self.budget_mmacs = budget_mmacs
         self.latency = latency
@@ -102,8 +122,12 @@ class ArchObjective:
         # Tagged before any work, so a trial left RUNNING by a dead worker can be found.
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("worker_pid", os.getpid())
-        arch, thresholds = suggest_arch(trial, self.space)
+        arch, thresholds = suggest_arch(trial, self.space, self.exit_rule)
         before = self.evaluator.forward_passes
+        if self.exit_rule == "bof":
+            caches = self.evaluator.caches(arch, ("train", "val"))
+            thresholds = bof_thresholds(caches["train"], trial.params["beta"])
+            trial.set_user_attr("train_confidence", caches["train"].confidence.mean(axis=1).round(6).tolist())
         cache = self.evaluator.cache(arch, "val")
         res = ExitPolicy(cache).evaluate(thresholds)
         acc, mmacs = float(res.accuracy[0]), float(res.expected_macs[0]) / 1e6
@@ -133,6 +157,7 @@ def create_or_load_study(cfg: ExperimentConfig, space: SearchSpace, seed_offset:
     sc = cfg.search
     if sc.objective not in ("macs", "latency"):
         raise UserError(f"search.objective {sc.objective!r} is not one of macs, latency")
+    EXIT_RULES.get(sc.exit_rule)
     storage = open_storage(sc.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = make_sampler(sc.sampler, sc.seed + seed_offset)
@@ -146,10 +171,15 @@ def create_or_load_study(cfg: ExperimentConfig, space: SearchSpace, seed_offset:
             study.set_metric_names(metric_names(sc.objective))
         study.set_user_attr("exitnas_space", space.to_dict())
         study.set_user_attr("objective", sc.objective)
+        study.set_user_attr("exit_rule", sc.exit_rule)
         study.set_user_attr("checkpoint", str(Path(checkpoint_of(cfg)).resolve()))
         study.set_user_attr("config", cfg.to_dict())
         return study
     _check_same_study(study, space, sc.storage, metric_names(sc.objective))
+    theirs = study.user_attrs.get("exit_rule", "threshold")
+    if theirs != sc.exit_rule:
+        raise UserError(f"study {sc.study!r} in {sc.storage} searched with exit rule {theirs!r}, not "
+                        f"{sc.exit_rule!r}; choose another study name")
     return study
 
 
@@ -162,7 +192,7 @@ def _check_same_study(study: optuna.Study, space: SearchSpace, url: str, wanted:
             "choose another study name"
         )
     theirs = study.user_attrs.get("exitnas_space")
-    if theirs is not None and theirs != space.to_dict():
+    if theirs is not None and SearchSpace.from_dict(theirs) != space:
         raise UserError(f"study {study.study_name!r} in {url} searched another search space; choose another study name")
 
 
@@ -216,7 +246,7 @@ class SearchContext:
                                 "then --latency-table lut.json")
             latency = LatencyTable.load(cfg.search.latency_table)
             latency.exit_latency(ev.space, ev.space.smallest())  # fails early if of another space
-        return cls(cfg, ev, ArchObjective(ev, cfg.search.budget_mmacs, latency, worker))
+        return cls(cfg, ev, ArchObjective(ev, cfg.search.budget_mmacs, latency, worker, cfg.search.exit_rule))
 
 
 def checkpoint_of(cfg: ExperimentConfig) -> str:

@@ -16,8 +16,11 @@ from exitnas.evaluators._protocols import (
     target_shares,
 )
 from exitnas.evaluators._recalibrate import recalibrate_bn, recalibrated_subnet
+from exitnas.evaluators._rules import bof_thresholds, fit_bof_beta
 
 __all__ = [
+    "bof_thresholds",
+    "fit_bof_beta",
     "DEFAULT_P_SWEEP",
     "CurvePoint",
     "Evaluator",

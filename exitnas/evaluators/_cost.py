@@ -69,9 +69,9 @@ def _zero_handle(inputs: List[Any], outputs: List[Any]) -> int:
     return 0
 
 
-def count_macs(module: nn.Module, x: Tensor) -> int:
-    """MACs of ``module(x)``: convs, linears and pooling; BatchNorm is folded at deployment."""
-    fca = FlopCountAnalysis(module, (x,))
+def count_macs(module: nn.Module, *inputs: Tensor) -> int:
+    """MACs of ``module(*inputs)``: convs, linears and pooling; BatchNorm is folded at deployment."""
+    fca = FlopCountAnalysis(module, inputs)
     # A zero handle, not None: fvcore only consults its ignore list for ops that have no
     # handle, and batch_norm has a default one, so None would leave BN counted.
     fca.set_op_handle("aten::batch_norm", _zero_handle, "aten::mean", _mean_handle)
@@ -89,14 +89,22 @@ def exit_costs(net: StaticNet, input_shape: tuple[int, int, int]) -> ExitCosts:
     feats = x
     seg_total = head_total = 0
     param_total = 0
+    prev = x
     for k in range(net.num_exits):
         # Each segment and head is traced as its own module on its real input, so no head
         # is dropped as dead code; summing them gives prefix k (see _Prefix for the check).
         seg_total += count_macs(net.segments[k], feats)
         feats = net.segments[k](feats)
         head_k = count_macs(net.heads[k], feats)
+        logits = net.heads[k](feats)
+        if k > 0:  # the combiner is part of exit k's head (only ZTW's cascade has MACs)
+            if any(True for _ in net.combiners[k].parameters()):
+                head_k += count_macs(net.combiners[k], logits, prev)
+            logits = net.combiners[k](logits, prev)
+        prev = logits
         head_total += head_k
-        param_total += sum(p.numel() for m in (net.segments[k], net.heads[k]) for p in m.parameters())
+        parts = (net.segments[k], net.heads[k], net.combiners[k])
+        param_total += sum(p.numel() for m in parts for p in m.parameters())
         backbone.append(seg_total)
         head.append(head_k)
         macs.append(seg_total + head_total)

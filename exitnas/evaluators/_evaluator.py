@@ -20,7 +20,10 @@ from exitnas.search_space import ArchConfig, StaticNet, Supernet
 
 __all__ = ["Evaluator", "weights_digest"]
 
-SPLITS = ("val", "test")
+SPLITS = ("train", "val", "test")
+#: Training images (from the recalibration subset) in the "train" exit cache, for rules that
+#: need exit statistics on training data (the bag-of-features exit rule).
+TRAIN_CACHE_IMAGES = 1000
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -46,7 +49,8 @@ class Evaluator:
 
     Args:
         supernet: The trained supernet (left unchanged: subnets are recalibrated copies).
-        splits: The data; recalibration uses training images, caches use val (and test).
+        splits: The data; recalibration uses training images, caches use val (and test;
+            "train" is the first ``TRAIN_CACHE_IMAGES`` recalibration images).
         recal_images: Training images for BatchNorm recalibration (a fixed random subset).
         kind: Confidence measure, ``maxprob`` or ``entropy``.
         cache_dir: Folder for exit caches on disk (memory only when None).
@@ -64,7 +68,8 @@ class Evaluator:
         self.device = torch.device(device)
         g = torch.Generator().manual_seed(seed)
         n = min(recal_images, len(splits.train_x))
-        self.recal_x = splits.train_x[torch.randperm(len(splits.train_x), generator=g)[:n]]
+        pick = torch.randperm(len(splits.train_x), generator=g)[:n]
+        self.recal_x, self.recal_y = splits.train_x[pick], splits.train_y[pick]
         # On disk a cache is only valid for these weights, these images and this recalibration.
         store_id = f"{weights_digest(supernet)}-{_data_digest(splits, self.recal_x, batch_size)}" if cache_dir else ""
         self.store = ExitCacheStore(cache_dir, store_id)
@@ -97,13 +102,18 @@ class Evaluator:
             net = self.subnet(arch)
             macs = np.asarray(self.costs(arch, net).macs, dtype=np.float64)
             for s in todo:
-                x, y = getattr(self.splits, f"{s}_x"), getattr(self.splits, f"{s}_y")
+                x, y = self._split(s)
                 cache = build_exit_cache(net, arch, x, y, self.splits.mean, self.splits.std, macs,
                                          self.kind, self.batch_size, self.device)
                 self.store.put(cache, s)
                 out[s] = cache
             self.forward_passes += 1
         return out  # type: ignore[return-value]
+
+    def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if split == "train":
+            return self.recal_x[:TRAIN_CACHE_IMAGES], self.recal_y[:TRAIN_CACHE_IMAGES]
+        return getattr(self.splits, f"{split}_x"), getattr(self.splits, f"{split}_y")
 
     def cache(self, arch: ArchConfig, split: str = "val") -> ExitCache:
         return self.caches(arch, (split,))[split]

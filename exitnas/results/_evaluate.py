@@ -153,7 +153,7 @@ def open_evaluator(front: FrontInfo, checkpoint: str | Path, device: str = "auto
     theirs = front.study_user_attrs.get("exitnas_space")
     if theirs is not None and SearchSpace.from_dict(theirs) != space:
         raise UserError(f"study {front.study_name!r} searched another search space than its config describes")
-    if state["space"] != space.to_dict():
+    if SearchSpace.from_dict(state["space"]) != space:
         raise UserError(f"checkpoint {checkpoint} is of another search space than study {front.study_name!r}; "
                         "pass the supernet the study searched")
     dev = resolve_device(device)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from exitnas.search_space._arch import ARCH_FORMAT_VERSION, ArchConfig
+from exitnas.search_space._combine import COMBINERS
 from exitnas.search_space._heads import HEADS, ElasticHead
+from exitnas.search_space._routing import ROUTINGS
 from exitnas.search_space._space import SPACES, SearchSpace, build_space
 from exitnas.search_space._static import StaticBlock, StaticNet
 from exitnas.search_space._supernet import Supernet
@@ -11,7 +13,9 @@ from exitnas.search_space._supernet import Supernet
 __all__ = [
     "ARCH_FORMAT_VERSION",
     "ArchConfig",
+    "COMBINERS",
     "HEADS",
+    "ROUTINGS",
     "ElasticHead",
     "SPACES",
     "SearchSpace",

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from exitnas._errors import UserError
 from exitnas._registry import Registry
 from exitnas.search_space._arch import ArchConfig
+from exitnas.search_space._combine import COMBINERS
 from exitnas.search_space._heads import HEADS
 
 __all__ = ["SearchSpace", "SPACES", "build_space"]
@@ -29,6 +30,8 @@ class SearchSpace:
         width_choices: Allowed width multipliers of a stage.
         ratio_choices: Allowed 5×5 shares of a block's convs.
         head_choices: Allowed exit head types.
+        combine: How an exit builds on the exit before it (``none``, ``boost``, ``ztw``;
+            see ``_combine``); one choice for the whole space, fixed at training.
     """
 
     name: str
@@ -40,6 +43,7 @@ class SearchSpace:
     width_choices: tuple[float, ...]
     ratio_choices: tuple[float, ...]
     head_choices: tuple[str, ...]
+    combine: str = "none"
 
     def __post_init__(self) -> None:
         if len(self.channels) != len(self.strides):
@@ -55,6 +59,7 @@ class SearchSpace:
             raise UserError("space.ratio_choices must lie in [0, 1]")
         for h in self.head_choices:
             HEADS.get(h)
+        COMBINERS.get(self.combine)
 
     # -- shape ---------------------------------------------------------------------------
     @property
@@ -166,12 +171,13 @@ def msr_resnet(
     widths: tuple[float, ...] = (0.5, 0.75, 1.0),
     ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0),
     heads: tuple[str, ...] = ("linear", "msdnet"),
+    combine: str = "none",
 ) -> SearchSpace:
     """The default space for small images (CIFAR's 32×32; stages halve the resolution)."""
     strides = strides or (1,) + (2,) * (len(channels) - 1)
     return SearchSpace("msr-resnet", in_channels, num_classes, tuple(channels), tuple(strides),
                        tuple(depths), tuple(float(w) for w in widths), tuple(float(r) for r in ratios),
-                       tuple(heads))
+                       tuple(heads), combine)
 
 
 def build_space(name: str, *, in_channels: int, num_classes: int, **options: Any) -> SearchSpace:

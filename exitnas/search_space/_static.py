@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from exitnas._confidence import confidence
+from exitnas.search_space._combine import NoCombine
 
 __all__ = ["StaticBlock", "StaticNet"]
 
@@ -30,16 +31,23 @@ class StaticBlock(nn.Module):
 class StaticNet(nn.Module):
     """A subnet as ``segments[k]`` (blocks up to exit k) and ``heads[k]``.
 
+    ``combiners[k](f_k, F_{k-1})`` turns head k's output into exit k's logits (see
+    ``_combine``; the identity unless the space boosts or cascades its exits).
     ``forward`` returns every exit's logits (for training and for checking against the
     supernet); ``early_exit`` stops at the first exit confident enough.
     """
 
-    def __init__(self, segments: List[nn.Module], heads: List[nn.Module]) -> None:
+    def __init__(self, segments: List[nn.Module], heads: List[nn.Module],
+                 combiners: Optional[List[nn.Module]] = None) -> None:
         super().__init__()
         if len(segments) != len(heads):
             raise ValueError("one segment per exit")
+        combiners = combiners if combiners is not None else [NoCombine() for _ in heads]
+        if len(combiners) != len(heads):
+            raise ValueError("one combiner per exit")
         self.segments = nn.ModuleList(segments)
         self.heads = nn.ModuleList(heads)
+        self.combiners = nn.ModuleList(combiners)
 
     @property
     def num_exits(self) -> int:
@@ -47,9 +55,16 @@ class StaticNet(nn.Module):
 
     def forward(self, x: Tensor) -> List[Tensor]:
         outs: List[Tensor] = []
-        for seg, head in zip(self.segments, self.heads):
+        prev = torch.empty([0])
+        k = 0
+        for seg, head, combine in zip(self.segments, self.heads, self.combiners):
             x = seg(x)
-            outs.append(head(x))
+            logits = head(x)
+            if k > 0:
+                logits = combine(logits, prev)
+            outs.append(logits)
+            prev = logits
+            k += 1
         return outs
 
     def early_exit(self, x: Tensor, thresholds: Tensor, kind: str = "maxprob") -> Tuple[Tensor, Tensor]:
@@ -69,13 +84,17 @@ class StaticNet(nn.Module):
             idx = torch.arange(n, device=x.device)
             exit_out = torch.full([n], last, dtype=torch.long, device=x.device)
             logits_out = torch.empty([0])
+            prev = torch.empty([0])
             k = 0
             done = False
             # No `break`: TorchScript unrolls loops over ModuleLists and forbids it there.
-            for seg, head in zip(self.segments, self.heads):
+            for seg, head, combine in zip(self.segments, self.heads, self.combiners):
                 if not done:
                     x = seg(x)
                     logits = head(x)
+                    if k > 0:
+                        logits = combine(logits, prev)
+                    prev = logits
                     if k == 0:
                         logits_out = torch.zeros([n, logits.shape[1]], dtype=logits.dtype, device=logits.device)
                     if k == last:
@@ -90,6 +109,7 @@ class StaticNet(nn.Module):
                             stay = torch.logical_not(leave)
                             idx = idx[stay]
                             x = x[stay]
+                            prev = logits[stay]
                             done = idx.numel() == 0
                 k += 1
             return logits_out, exit_out

@@ -5,16 +5,18 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from exitnas.search_space._arch import ArchConfig
+from exitnas.search_space._combine import COMBINERS, NoCombine
 from exitnas.search_space._heads import HEADS
 from exitnas.search_space._ops import (
     ElasticBatchNorm2d,
     ElasticConv2d,
     ElasticMultiScaleConv2d,
 )
+from exitnas.search_space._routing import ROUTINGS
 from exitnas.search_space._space import SearchSpace
 from exitnas.search_space._static import StaticBlock, StaticNet
 
-__all__ = ["Supernet", "ElasticBlock"]
+__all__ = ["ElasticBlock", "Supernet"]
 
 
 class ElasticBlock(nn.Module):
@@ -80,10 +82,20 @@ class Supernet(nn.Module):
             self.heads[_key(s, b)] = nn.ModuleDict(
                 {h: HEADS.get(h)(space.channels[s], space.num_classes) for h in space.head_choices}
             )
+        # One combiner per candidate exit, used when an earlier exit precedes it in the subnet.
+        self.combiners = nn.ModuleDict(
+            {_key(s, b): COMBINERS.get(space.combine)(space.num_classes) for s, b in space.candidate_exits()}
+        )
 
-    def forward(self, x: Tensor, arch: ArchConfig) -> list[Tensor]:
-        """Logits of each of ``arch``'s exits (the arch is assumed validated by the caller)."""
+    def forward(self, x: Tensor, arch: ArchConfig, routing: str = "shared", beta: float = 0.5) -> list[Tensor]:
+        """Logits of each of ``arch``'s exits (the arch is assumed validated by the caller).
+
+        ``routing`` (see ``_routing``) decides where the gradients of a non-final exit's loss
+        flow; the logits are the same for every routing.
+        """
         sp = self.space
+        route = ROUTINGS.get(routing)
+        last = arch.exits[-1]
         x = self.stem_bn(self.stem_conv(x, sp.stage_channels(0, arch.widths[0]))).relu()
         heads = dict(zip(arch.exits, arch.heads))
         outs: list[Tensor] = []
@@ -93,7 +105,13 @@ class Supernet(nn.Module):
                 x = blocks[b](x, c, arch.ratios[s][b])
                 head = heads.get((s, b))
                 if head is not None:
-                    outs.append(self.heads[_key(s, b)][head](x))
+                    feats = x
+                    if (s, b) != last:
+                        feats, x = route(x, beta)
+                    logits = self.heads[_key(s, b)][head](feats)
+                    if outs:
+                        logits = self.combiners[_key(s, b)](logits, outs[-1])
+                    outs.append(logits)
         return outs
 
     def to_static(self, arch: ArchConfig) -> StaticNet:
@@ -109,6 +127,7 @@ class Supernet(nn.Module):
         exit_at = set(arch.exits)
         segments: list[list[nn.Module]] = [[stem]]
         heads: list[nn.Module] = []
+        combiners: list[nn.Module] = []
         c_in = c0
         for s, d in enumerate(arch.depths):
             c = sp.stage_channels(s, arch.widths[s])
@@ -117,9 +136,10 @@ class Supernet(nn.Module):
                 c_in = c
                 if (s, b) in exit_at:
                     heads.append(self.heads[_key(s, b)][arch.heads[len(heads)]].to_static(c))
+                    combiners.append(self.combiners[_key(s, b)].to_static() if combiners else NoCombine())
                     segments.append([])
         segments.pop()  # the final exit is the last block: nothing runs after it
-        net = StaticNet([nn.Sequential(*seg) for seg in segments], heads)
+        net = StaticNet([nn.Sequential(*seg) for seg in segments], heads, combiners)
         return net.train(self.training)
 
 

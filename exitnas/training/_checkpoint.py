@@ -63,7 +63,7 @@ def _load_failure(e: Exception) -> str:
 
 def check_space(state: dict[str, Any], space: SearchSpace, path: str | Path) -> None:
     """Raise a :class:`UserError` if the checkpoint was trained on another search space."""
-    theirs = state["space"]
+    theirs = SearchSpace.from_dict(state["space"]).to_dict()  # fields added since get their defaults
     ours = space.to_dict()
     if theirs != ours:
         diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from exitnas._config import ExperimentConfig, TrainConfig
 from exitnas._errors import UserError
 from exitnas.data import GpuBatchLoader, ImageSplits, load_dataset
-from exitnas.search_space import ArchConfig, SearchSpace, Supernet, build_space
+from exitnas.search_space import ROUTINGS, ArchConfig, SearchSpace, Supernet, build_space
 from exitnas.training._checkpoint import check_space, load_checkpoint, save_checkpoint
 from exitnas.training._dist import (
     average_buffers,
@@ -99,6 +99,9 @@ def train_supernet(
     """
     tc = cfg.train
     LOSSES.get(tc.loss)
+    ROUTINGS.get(tc.routing)
+    if not 0 < tc.dfs_beta < 1:
+        raise UserError(f"train.dfs_beta must lie in (0, 1), got {tc.dfs_beta}")
     info = init_distributed("cuda" if resolve_device(tc.device).type == "cuda" else "cpu")
     device = resolve_device(tc.device, info.local_rank)
     splits = splits or load_dataset(cfg.data)
@@ -154,7 +157,7 @@ def train_supernet(
             step_loss = 0.0
             for i, arch in enumerate(sandwich_archs(space, tc.sandwich_random, tc.seed, step)):
                 with amp:
-                    logits = model(x, arch)
+                    logits = model(x, arch, tc.routing, tc.dfs_beta)
                     loss = loss_fn(logits, y, teacher, tc.distill, tc.label_smoothing)
                 loss.backward()
                 if i == 0:

@@ -168,7 +168,7 @@ def test_store_keys(arch: ArchConfig, tmp_path: Path) -> None:
 def test_bad_inputs(supernet: Supernet, splits: ImageSplits, arch: ArchConfig) -> None:
     ev = Evaluator(supernet, splits, **RECAL)
     with pytest.raises(ValueError, match="unknown split"):
-        ev.caches(arch, ("train",))
+        ev.caches(arch, ("holdout",))
     with pytest.raises(UserError, match="ratios"):
         ev.cache(arch.replace(ratios=((0.5, 1.0), (1.0, 1.0))))
     assert ev.forward_passes == 0

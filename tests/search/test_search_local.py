@@ -231,3 +231,23 @@ def test_retry_lost_trials_fails_a_dead_workers_running_trial_and_requeues_it(tm
     retry = [t for t in trials.values() if t.state == optuna.trial.TrialState.WAITING]
     assert len(retry) == 1 and retry[0].system_attrs["fixed_params"] == {"x": x}
     assert retry[0].user_attrs["retry_of"] == lost.number
+
+
+def test_bof_exit_rule_searches_one_beta_and_derives_the_thresholds(trained: Any, tmp_path: Path,
+                                                                    search_args: Callable[..., list[str]]) -> None:
+    url = f"sqlite:///{tmp_path / 'bof.db'}"
+    assert main(search_args(url, "--trials", "4", "--set", "search.exit_rule=bof")) == 0
+    trials = _load(url).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    names = {n for n in _param_names(trained.space) if not n.startswith("thr_")} | {"beta"}
+    for t in trials:
+        assert set(t.params) == names
+        means = t.user_attrs["train_confidence"]
+        assert len(means) == len(t.user_attrs["arch"]["exits"])
+        expected = [min(1.0, t.params["beta"] * m) for m in means[:-1]]
+        assert t.user_attrs["thresholds"] == pytest.approx(expected, abs=1e-5)
+        # The objectives are those of the stored thresholds on validation (as for any trial).
+        hist, mmacs = t.user_attrs["exit_histogram"], t.user_attrs["exit_mmacs"]
+        assert t.values[1] == pytest.approx(sum(h * m for h, m in zip(hist, mmacs)) / trained.val_images, rel=1e-6)
+    # A study searched with one exit rule is not resumed with another.
+    assert main(search_args(url, "--trials", "5")) == 2
