@@ -192,7 +192,7 @@ def _check_same_study(study: optuna.Study, space: SearchSpace, url: str, wanted:
             "choose another study name"
         )
     theirs = study.user_attrs.get("exitnas_space")
-    if theirs is not None and SearchSpace.from_dict(theirs) != space:
+    if theirs is not None and not space.matches(theirs):
         raise UserError(f"study {study.study_name!r} in {url} searched another search space; choose another study name")
 
 
@@ -254,14 +254,15 @@ def checkpoint_of(cfg: ExperimentConfig) -> str:
 
 
 def run_worker(cfg: ExperimentConfig, checkpoint: str, worker: int, n_trials: int | None,
-               progress: bool = False, token: str | None = None) -> int:
+               progress: bool = False, token: str | None = None, ctx: SearchContext | None = None) -> int:
     """Run trials of the study against its shared storage until it has ``search.trials``.
 
     ``token`` tags this worker's trials (user attribute ``worker``) so that a supervisor can
     fail and retry the trial it leaves RUNNING if it dies (see :func:`retry_lost_trials`).
+    ``ctx`` is an already built context (data and supernet loaded) to use instead of building one.
     Returns the number of trials this worker completed (other workers' trials not counted).
     """
-    ctx = SearchContext.build(cfg, checkpoint, token)
+    ctx = ctx or SearchContext.build(cfg, checkpoint, token)
     study = create_or_load_study(cfg, ctx.evaluator.space, seed_offset=worker)
     stop = optuna.study.MaxTrialsCallback(cfg.search.trials, states=(TrialState.COMPLETE,))
     mine = [0]
@@ -321,20 +322,26 @@ def run_search(cfg: ExperimentConfig) -> list[ParetoPoint]:
     if sc.objective == "latency" and not sc.latency_table:
         raise UserError("search.objective latency needs a table: exitnas profile --out lut.json, "
                         "then --latency-table lut.json")
-    # Create the study once, before any worker starts (concurrent table creation races).
-    from exitnas.data import load_dataset
-    from exitnas.training import space_for
-    from exitnas.training._checkpoint import check_space, load_checkpoint
+    # Create the study once, before any worker starts (concurrent table creation races). The
+    # local worker reuses this process's data and supernet; Ray workers load their own.
+    ctx = None
+    if sc.backend == "local":
+        ctx = SearchContext.build(cfg, checkpoint)  # loads the supernet for the config's space, or fails
+        space = ctx.evaluator.space
+    else:
+        from exitnas.data import load_dataset
+        from exitnas.training import space_for
+        from exitnas.training._checkpoint import check_space, load_checkpoint
 
-    space = space_for(cfg, load_dataset(cfg.data))
-    check_space(load_checkpoint(checkpoint), space, checkpoint)
-    if sc.objective == "latency":
-        LatencyTable.load(sc.latency_table).exit_latency(space, space.smallest())  # of this space?
+        space = space_for(cfg, load_dataset(cfg.data))
+        check_space(load_checkpoint(checkpoint), space, checkpoint)
+        if sc.objective == "latency":
+            LatencyTable.load(sc.latency_table).exit_latency(space, space.smallest())  # of this space?
     study = create_or_load_study(cfg, space)
     remaining = max(0, sc.trials - completed(study))
     if remaining:
         if sc.backend == "local":
-            run_worker(cfg, checkpoint, 0, remaining, progress=sc.progress)
+            run_worker(cfg, checkpoint, 0, remaining, progress=sc.progress, ctx=ctx)
         else:
             from exitnas._ray_backend import run_ray_workers
 

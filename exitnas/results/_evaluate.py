@@ -151,9 +151,9 @@ def open_evaluator(front: FrontInfo, checkpoint: str | Path, device: str = "auto
     splits = load_dataset(cfg.data)
     space = space_for(cfg, splits)
     theirs = front.study_user_attrs.get("exitnas_space")
-    if theirs is not None and SearchSpace.from_dict(theirs) != space:
+    if theirs is not None and not space.matches(theirs):
         raise UserError(f"study {front.study_name!r} searched another search space than its config describes")
-    if SearchSpace.from_dict(state["space"]) != space:
+    if not space.matches(state["space"]):
         raise UserError(f"checkpoint {checkpoint} is of another search space than study {front.study_name!r}; "
                         "pass the supernet the study searched")
     dev = resolve_device(device)

@@ -85,6 +85,13 @@ class SearchSpace:
     def from_dict(cls, d: dict[str, Any]) -> SearchSpace:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
+    def matches(self, d: dict[str, Any]) -> bool:
+        """Whether ``d`` (a stored :meth:`to_dict`) is this space; fields added since default."""
+        try:
+            return SearchSpace.from_dict(d) == self
+        except (TypeError, ValueError):  # UserError is a ValueError: not a space at all
+            return False
+
     # -- archs ---------------------------------------------------------------------------
     def _arch(self, depths: list[int], widths: list[float], ratios: list[list[float]],
               exits: list[tuple[int, int]], heads: list[str]) -> ArchConfig:

@@ -63,10 +63,11 @@ def _load_failure(e: Exception) -> str:
 
 def check_space(state: dict[str, Any], space: SearchSpace, path: str | Path) -> None:
     """Raise a :class:`UserError` if the checkpoint was trained on another search space."""
-    theirs = SearchSpace.from_dict(state["space"]).to_dict()  # fields added since get their defaults
+    theirs = state["space"]
     ours = space.to_dict()
-    if theirs != ours:
-        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if not space.matches(theirs):
+        diff = (sorted(k for k in ours if k in theirs and theirs[k] != ours[k])
+                or sorted(set(theirs) ^ set(ours)))
         k = diff[0]
         raise UserError(
             f"checkpoint {path} is of another search space ({k}: {theirs.get(k)} there, {ours.get(k)} here); "
