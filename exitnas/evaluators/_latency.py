@@ -1,11 +1,16 @@
 """Latency on the target device: a lookup table per block choice and head, at batch size 1.
 
 ``exitnas profile`` measures every block choice (stage, first block or not, input and output
-channels, 5×5 ratio), the stem, every exit head and the exit decision (confidence, compare,
-drop the samples that left), with warm-up, synchronisation and repeats, and stores mean,
-spread and count with the device, torch version and date. An arch's latency of leaving at
-exit k is then a sum of table entries, and expected latency is Σ_k P(exit k)·latency_k —
-the same arithmetic as expected MACs.
+channels, 5×5 ratio), the stem (with the input normalisation), every exit head and the exit
+decision (confidence, compare, drop the samples that left), with warm-up, synchronisation and
+repeats, and stores mean, spread and count with the device, torch version and date. Each is
+timed as it runs in the exported model: BatchNorm folded, channels-last, frozen TorchScript
+(``_runtime.deploy``), so the table predicts the deployed runtime, not eager PyTorch.
+
+An arch's latency of leaving at exit k is then a sum of table entries (each less the fixed
+cost of calling a deployed module, which the whole model pays once), plus the early-exit
+loop's own cost, and expected latency is Σ_k P(exit k)·latency_k — the same arithmetic as
+expected MACs.
 """
 
 from __future__ import annotations
@@ -26,11 +31,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from exitnas._errors import UserError
+from exitnas.evaluators._runtime import (
+    Normalise,
+    channels_last,
+    deploy,
+    deploy_early_exit,
+)
 from exitnas.search_space import ArchConfig, SearchSpace, StaticNet, Supernet
 
-__all__ = ["LatencyTable", "profile_space", "time_call", "LUT_FORMAT"]
+__all__ = ["LUT_FORMAT", "RUNTIME", "LatencyTable", "profile_space", "time_call"]
 
-LUT_FORMAT = 1
+#: Format 2: entries timed through the deployed runtime, with ``call``, ``early_exit``,
+#: ``leave`` and ``decision`` entries. Format 1 tables timed eager modules and are refused.
+LUT_FORMAT = 2
+#: What the table's entries were timed as (``_runtime.deploy``).
+RUNTIME = "BatchNorm folded, channels-last, frozen TorchScript"
 
 
 def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 10, repeats: int = 30,
@@ -77,6 +92,7 @@ class LatencyTable:
     date: str
     stat: str = "median_ms"
     context_factor: float = 1.0
+    runtime: str = RUNTIME
 
     def ms(self, key: str) -> float:
         try:
@@ -85,32 +101,38 @@ class LatencyTable:
             raise UserError(f"latency table has no entry {key!r}; profile this search space again") from None
 
     def exit_latency(self, space: SearchSpace, arch: ArchConfig) -> list[float]:
-        """Cumulative ms of leaving at each exit: stem + blocks so far + heads and decisions so far."""
+        """Ms of leaving at each exit: the early-exit loop's own cost (of reaching the final
+        exit, or of leaving before it), one decision per exit passed, and stem + blocks + heads
+        so far (times the in-context factor)."""
         if space.to_dict() != self.space:
             raise UserError("latency table was measured for another search space; run exitnas profile for this one")
         modules = self._module_latency(space, arch)
-        decision = self.ms("decision")
-        return [self.context_factor * m + decision * (k + 1) for k, m in enumerate(modules)]
+        final, leave, decision = self.ms("early_exit"), self.ms("leave"), self.ms("decision")
+        last = len(modules) - 1
+        return [self.context_factor * m + (final if k == last else leave) + decision * k
+                for k, m in enumerate(modules)]
 
     def _module_latency(self, space: SearchSpace, arch: ArchConfig) -> list[float]:
-        """Cumulative ms of stem, blocks and heads up to each exit, as measured in isolation."""
-        out, total = [], self.ms(f"stem|{space.stage_channels(0, arch.widths[0])}")
-        exits = dict(zip(arch.exits, arch.heads))
+        """Cumulative ms of stem, blocks and heads up to each exit, as measured in isolation,
+        each less the cost of calling a deployed module (inside one model it is paid once)."""
+        call = self.ms("call")
         c_in = space.stage_channels(0, arch.widths[0])
+        out, total = [], self.ms(f"stem|{c_in}") - call
+        exits = dict(zip(arch.exits, arch.heads))
         for s, d in enumerate(arch.depths):
             c = space.stage_channels(s, arch.widths[s])
             for b in range(d):
-                total += self.ms(_block_key(s, b == 0, c_in, c, arch.ratios[s][b]))
+                total += self.ms(_block_key(s, b == 0, c_in, c, arch.ratios[s][b])) - call
                 c_in = c
                 if (s, b) in exits:
-                    total += self.ms(_head_key(exits[s, b], s, c))
+                    total += self.ms(_head_key(exits[s, b], s, c)) - call
                     out.append(total)
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": LUT_FORMAT, "entries": self.entries, "space": self.space, "image_size": self.image_size,
                 "device": self.device, "device_name": self.device_name, "torch_version": self.torch_version,
-                "date": self.date, "stat": self.stat, "context_factor": self.context_factor}
+                "date": self.date, "stat": self.stat, "context_factor": self.context_factor, "runtime": self.runtime}
 
     def save(self, path: str | Path) -> None:
         from exitnas.training import atomic_write_bytes
@@ -124,10 +146,18 @@ class LatencyTable:
             raise UserError(f"latency table {p} does not exist; make one with exitnas profile")
         try:
             d = json.loads(p.read_text())
-            if d.get("format") != LUT_FORMAT:
+            fmt = d.get("format")
+        except (ValueError, AttributeError):
+            fmt = None
+        if fmt == 1:
+            raise UserError(f"latency table {p} is format 1 (timed eager PyTorch, not the deployed runtime); "
+                            "profile again with exitnas profile")
+        try:
+            if fmt != LUT_FORMAT:
                 raise ValueError("format")
             return cls(d["entries"], d["space"], int(d["image_size"]), d["device"], d["device_name"],
-                       d["torch_version"], d["date"], d.get("stat", "median_ms"), float(d.get("context_factor", 1.0)))
+                       d["torch_version"], d["date"], d.get("stat", "median_ms"), float(d["context_factor"]),
+                       str(d["runtime"]))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UserError(f"latency table {p} is not an exitnas latency table; make one with exitnas profile") from None
 
@@ -148,7 +178,8 @@ def _device_name(device: torch.device) -> str:
 def profile_space(space: SearchSpace, image_size: int, device: torch.device, *, warmup: int = 10,
                   repeats: int = 30, inner: int = 5, progress: bool = True, calibration_archs: int = 8) -> LatencyTable:
     """Measure every block choice, stem, head and the exit decision of ``space`` at batch size 1,
-    then fit the in-context factor on ``calibration_archs`` whole subnets."""
+    each through the deployed runtime, then fit the in-context factor on ``calibration_archs``
+    whole subnets."""
     supernet = Supernet(space).eval()
     jobs: list[tuple[str, nn.Module, tuple[int, ...]]] = []
     sizes = [image_size]
@@ -157,8 +188,9 @@ def profile_space(space: SearchSpace, image_size: int, device: torch.device, *, 
     widths = sorted(set(space.width_choices))
     chans = [sorted({space.stage_channels(s, w) for w in widths}) for s in range(space.num_stages)]
     stem_conv, stem_bn = supernet.stem_conv, supernet.stem_bn
+    normalise = Normalise([0.5] * space.in_channels, [0.25] * space.in_channels)
     for c0 in chans[0]:
-        m = nn.Sequential(stem_conv.to_static(space.in_channels, c0), stem_bn.to_static(c0), nn.ReLU())
+        m = nn.Sequential(normalise, stem_conv.to_static(space.in_channels, c0), stem_bn.to_static(c0), nn.ReLU())
         jobs.append((f"stem|{c0}", m, (1, space.in_channels, image_size, image_size)))
     for s in range(space.num_stages):
         ins = chans[s - 1] if s else chans[0]
@@ -173,12 +205,13 @@ def profile_space(space: SearchSpace, image_size: int, device: torch.device, *, 
             for h in space.head_choices:
                 head = supernet.heads[f"s{s}b0"][h].to_static(c)
                 jobs.append((_head_key(h, s, c), head, (1, c, sizes[s + 1], sizes[s + 1])))
+    jobs.append(("call", nn.Identity(), (1, chans[0][0], image_size, image_size)))
     entries: dict[str, dict[str, float]] = {}
     for key, module, shape in tqdm(jobs, desc=f"profile ({device.type})", unit="op", disable=not progress):
-        module = module.to(device).eval()
-        x = torch.randn(shape, device=device)
-        entries[key] = time_call(lambda: module(x), device, warmup, repeats, inner)
-    entries["decision"] = _time_decision(space.num_classes, device, warmup, repeats, inner)
+        deployed = deploy(module.to(device).eval())
+        x = channels_last(torch.randn(shape, device=device))  # what the op before it hands on
+        entries[key] = time_call(lambda: deployed(x), device, warmup, repeats, inner)
+    entries.update(_time_early_exit(space, device, warmup, repeats, inner))
     table = LatencyTable(entries, space.to_dict(), image_size, device.type, _device_name(device), torch.__version__,
                          _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     factor = _context_factor(table, space, supernet, image_size, device, warmup, repeats, inner, calibration_archs)
@@ -187,22 +220,28 @@ def profile_space(space: SearchSpace, image_size: int, device: torch.device, *, 
 
 def _context_factor(table: LatencyTable, space: SearchSpace, supernet: Supernet, image_size: int,
                     device: torch.device, warmup: int, repeats: int, inner: int, n: int) -> float:
-    """Measured ÷ summed-isolated latency of whole subnets (all exits run), median over ``n`` archs.
+    """Measured ÷ summed-isolated module latency of whole deployed subnets, median over ``n`` archs.
 
-    Modules timed alone, each on its own warm input, run faster than in a sequence where every
-    block meets new activations and weights; this factor, fit on a few calibration archs
-    (their own seed), carries that into the table's predictions.
+    Each subnet runs as the exported model does, with thresholds no sample reaches (every
+    exit runs); the loop's own cost (``early_exit``, ``decision``) is taken off before
+    dividing. Modules timed alone, each on its own warm input, run a little faster than in a
+    sequence where every block meets new activations and weights; this factor, fit on a few
+    calibration archs (their own seed), carries that into the table's predictions.
     """
     if n <= 0:
         return 1.0
     rng = random.Random(20_241_129)
-    x = torch.randn(1, space.in_channels, image_size, image_size, device=device)
+    x = torch.rand(1, space.in_channels, image_size, image_size, device=device)
+    c = space.in_channels
     ratios = []
     for _ in range(n):
         arch = space.sample(rng)
-        net = supernet.to_static(arch).to(device).eval()
-        measured = time_call(lambda: net(x), device, warmup, repeats, inner)[table.stat]
-        ratios.append(measured / table._module_latency(space, arch)[-1])
+        k = arch.num_exits
+        model = deploy_early_exit(supernet.to_static(arch).to(device).eval(), [2.0] * (k - 1),
+                                  mean=[0.5] * c, std=[0.25] * c)
+        measured = time_call(lambda: model(x), device, warmup, repeats, inner)[table.stat]
+        loop = table.ms("early_exit") + table.ms("decision") * (k - 1)
+        ratios.append((measured - loop) / table._module_latency(space, arch)[-1])
     return float(statistics.median(ratios))
 
 
@@ -211,15 +250,37 @@ class _Logits(nn.Module):
         return x
 
 
-def _time_decision(num_classes: int, device: torch.device, warmup: int, repeats: int, inner: int) -> dict[str, float]:
-    """Per-exit cost of StaticNet.early_exit besides its modules: confidence, compare, bookkeeping.
+def _time_early_exit(space: SearchSpace, device: torch.device, warmup: int, repeats: int,
+                     inner: int) -> dict[str, dict[str, float]]:
+    """The deployed early-exit loop's own cost besides its modules, at batch size 1.
 
-    Timed through the real method on a net whose segments and heads do nothing (the input is
-    already logits-shaped), divided by its number of exits; nobody leaves, the common path.
+    Timed on nets whose segments and heads do nothing (the input is already logits-shaped):
+    ``early_exit`` is a one-exit net's run (the call, set-up, the final exit); ``leave`` is
+    a two-exit net's whose image leaves at exit 0 (the call, set-up, a decision that leaves);
+    ``decision`` is each further exit passed (confidence, compare, the combiner if the space
+    has one), from 1 and ``k`` = 8 exits that nobody leaves.
     """
     k = 8
-    net = StaticNet([nn.Identity() for _ in range(k)], [_Logits() for _ in range(k)]).to(device).eval()
-    logits = torch.randn(1, num_classes, device=device)
-    t = torch.full((k - 1,), 2.0, device=device)
-    r = time_call(lambda: net.early_exit(logits, t), device, warmup, repeats, inner)
-    return {**{key: v / k for key, v in r.items() if key.endswith("_ms")}, "count": r["count"]}
+    logits = torch.randn(1, space.num_classes, device=device)
+    times = []
+    for n, threshold in ((1, 2.0), (2, 0.0), (k, 2.0)):
+        model = deploy_early_exit(_identity_net(space, n).to(device), [threshold] * (n - 1))
+        times.append(time_call(lambda: model(logits), device, warmup, repeats, inner))
+    one, leave, many = times
+    decision = {key: max(many[key] - one[key], 0.0) / (k - 1) for key in ("median_ms", "mean_ms")}
+    return {"early_exit": one, "leave": leave,
+            "decision": {**decision, "iqr_ms": many["iqr_ms"] / (k - 1), "count": many["count"]}}
+
+
+def _identity_net(space: SearchSpace, n: int) -> StaticNet:
+    segments: list[nn.Module] = [nn.Identity() for _ in range(n)]
+    heads: list[nn.Module] = [_Logits() for _ in range(n)]
+    combine = getattr(space, "combine", "none")
+    if combine == "none":
+        return StaticNet(segments, heads)
+    from exitnas.search_space._combine import COMBINERS
+
+    # The combiner runs at every exit but the first (see search_space/_combine.py).
+    combiners = [COMBINERS.get("none")(space.num_classes)]
+    combiners += [COMBINERS.get(combine)(space.num_classes) for _ in range(n - 1)]
+    return StaticNet(segments, heads, combiners)  # type: ignore[call-arg]

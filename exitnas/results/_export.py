@@ -16,7 +16,13 @@ from safetensors.torch import save_file
 
 from exitnas._errors import UserError
 from exitnas._io import atomic_write
-from exitnas.results._model import EXPORT_FORMAT, EarlyExitModel, _AllExits, sha256_file
+from exitnas.results._model import (
+    EXPORT_FORMAT,
+    EarlyExitModel,
+    _AllExits,
+    deploy_model,
+    sha256_file,
+)
 from exitnas.search_space import ArchConfig, StaticNet
 
 __all__ = ["ExportResult", "export_trial", "library_versions", "load_trial", "write_export"]
@@ -130,7 +136,8 @@ def write_export(out: str | Path, net: StaticNet, meta: dict[str, Any], mean: li
     state_dict = {k: v.contiguous() for k, v in net.state_dict().items()}
     atomic_write(weights, lambda p: save_file(state_dict, p))
     ts_path = d / "model.torchscript.pt"
-    atomic_write(ts_path, lambda p: torch.jit.save(torch.jit.script(model), p))
+    # The deployed runtime (BatchNorm folded, channels-last, frozen), the one the latency table times.
+    atomic_write(ts_path, lambda p: torch.jit.save(deploy_model(model), p))
     if onnx and importlib.util.find_spec("onnx") is None:
         print("exitnas: the onnx package is not installed (pip install onnx); skipping model.onnx")
         onnx = False

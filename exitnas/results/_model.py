@@ -11,36 +11,48 @@ import torch
 from torch import Tensor, nn
 
 from exitnas._errors import UserError
+from exitnas.evaluators._runtime import EarlyExitRuntime, channels_last, deploy
 from exitnas.search_space import ArchConfig, SearchSpace, StaticNet, Supernet
 
-__all__ = ["EarlyExitModel", "load_export", "sha256_file", "EXPORT_FORMAT"]
+__all__ = ["EXPORT_FORMAT", "EarlyExitModel", "deploy_model", "load_export", "sha256_file"]
 
 EXPORT_FORMAT = 1
 
 
-class EarlyExitModel(nn.Module):
+class EarlyExitModel(EarlyExitRuntime):
     """A subnet with its thresholds: images in [0, 1] → (logits, exit index) per sample.
 
     ``forward`` stops at the first exit confident enough; samples that left are dropped
-    from the batch, so at batch size 1 later blocks never run. ``all_exits`` returns every
-    exit's logits (what the ONNX file computes). TorchScript compiles it as is.
+    from the batch, so at batch size 1 later blocks never run (and a single image skips the
+    batch bookkeeping, see :class:`~exitnas.evaluators._runtime.EarlyExitRuntime`).
+    ``all_exits`` returns every exit's logits (what the ONNX file computes). TorchScript
+    compiles it as is; :func:`deploy_model` is the form the export writes (BatchNorm folded,
+    frozen).
     """
 
     def __init__(self, net: StaticNet, thresholds: List[float], mean: List[float], std: List[float],
                  kind: str = "maxprob") -> None:
-        super().__init__()
-        self.net = net
-        self.kind = kind
-        self.register_buffer("thresholds", torch.tensor(thresholds, dtype=torch.float32))
+        super().__init__(net, thresholds, kind)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        return self.net.early_exit((x - self.mean) / self.std, self.thresholds, self.kind)
+        return self._run(self._normalise(x))
 
     @torch.jit.export
     def all_exits(self, x: Tensor) -> List[Tensor]:
-        return self.net((x - self.mean) / self.std)
+        return self.net(self._normalise(x))
+
+    def _normalise(self, x: Tensor) -> Tensor:
+        # The same ops as _runtime.Normalise, which the latency table times with the stem.
+        return channels_last((x - self.mean) / self.std)
+
+
+def deploy_model(model: EarlyExitModel) -> torch.jit.ScriptModule:
+    """``model`` as the export writes it: BatchNorm folded, channels-last, scripted and frozen
+    (``_runtime.deploy``; the runtime the latency table times). ``forward``, ``all_exits``
+    and ``thresholds`` are kept; the weights become constants of the graph."""
+    return deploy(model, ("all_exits", "thresholds"))
 
 
 class _AllExits(nn.Module):
