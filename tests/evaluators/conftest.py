@@ -34,6 +34,27 @@ def _random_cache(rng: np.random.Generator, k: int, n: int, ties: bool = True) -
     return _make_cache(conf, correct, macs)
 
 
+# 3 exits × 6 samples, the cache the policy and protocol tests compute their answers on by hand.
+# Confidences are binary fractions, so float32 storage is exact and a threshold equal to a
+# confidence means exactly that value.
+HAND_CONF = [
+    [0.875, 0.25, 0.625, 0.5, 0.9375, 0.125],
+    [0.375, 0.75, 0.6875, 0.4375, 1.0, 0.5],
+    [0.5, 0.875, 0.8125, 0.625, 1.0, 0.6875],
+]
+HAND_CORRECT = [
+    [1, 0, 0, 1, 1, 0],
+    [0, 1, 1, 0, 1, 0],
+    [1, 1, 0, 1, 1, 0],  # sample 5 is never right
+]
+HAND_MACS = [1, 2, 4]
+
+
+@pytest.fixture
+def hand_cache() -> ExitCache:
+    return _make_cache(HAND_CONF, HAND_CORRECT, HAND_MACS)
+
+
 # Helpers as fixtures: with --import-mode=importlib test modules cannot import conftest.
 @pytest.fixture
 def chain_arch() -> Callable[[int], ArchConfig]:

@@ -11,19 +11,10 @@ import pytest
 from exitnas._errors import UserError
 from exitnas.evaluators import ExitCache, ExitPolicy, check_thresholds
 
-# 3 exits × 6 samples. Confidences are binary fractions, so float32 storage is exact and a
-# threshold equal to a confidence means exactly that value.
-CONF = [
-    [0.875, 0.25, 0.625, 0.5, 0.9375, 0.125],
-    [0.375, 0.75, 0.6875, 0.4375, 1.0, 0.5],
-    [0.5, 0.875, 0.8125, 0.625, 1.0, 0.6875],
-]
-CORRECT = [
-    [1, 0, 0, 1, 1, 0],
-    [0, 1, 1, 0, 1, 0],
-    [1, 1, 0, 1, 1, 0],  # sample 5 is never right
-]
-MACS = [1, 2, 4]
+# The hand cache (conftest.py): confidences, by exit then sample —
+#   exit 0: 0.875 0.25  0.625  0.5    0.9375 0.125     right: 1 0 0 1 1 0
+#   exit 1: 0.375 0.75  0.6875 0.4375 1.0    0.5       right: 0 1 1 0 1 0
+#   exit 2: 0.5   0.875 0.8125 0.625  1.0    0.6875    right: 1 1 0 1 1 0   MACs 1, 2, 4
 
 # thresholds → (exit of each sample, histogram, right answers, sum of MACs), all by hand.
 HAND = [
@@ -36,8 +27,8 @@ HAND = [
 
 
 @pytest.fixture
-def hand(make_cache: Any) -> ExitCache:
-    return make_cache(CONF, CORRECT, MACS)
+def hand(hand_cache: ExitCache) -> ExitCache:
+    return hand_cache
 
 
 def reference(cache: ExitCache, t: np.ndarray) -> np.ndarray:

@@ -18,17 +18,7 @@ from exitnas.evaluators import (
     target_shares,
 )
 
-# The same 3 × 6 test cache as test_policy.py (binary-fraction confidences).
-TEST_CONF = [
-    [0.875, 0.25, 0.625, 0.5, 0.9375, 0.125],
-    [0.375, 0.75, 0.6875, 0.4375, 1.0, 0.5],
-    [0.5, 0.875, 0.8125, 0.625, 1.0, 0.6875],
-]
-TEST_CORRECT = [
-    [1, 0, 0, 1, 1, 0],
-    [0, 1, 1, 0, 1, 0],
-    [1, 1, 0, 1, 1, 0],
-]
+# The test cache is the hand cache of conftest.py (the one test_policy.py computes on).
 # A different val cache, no ties inside an exit.
 VAL_CONF = [
     [0.125, 0.875, 0.3125, 0.8125, 0.25, 0.375],
@@ -36,17 +26,16 @@ VAL_CONF = [
     [0.5, 0.5, 0.5, 0.5, 0.5, 0.5],
 ]
 VAL_CORRECT = [[1, 1, 1, 1, 1, 1]] * 3
-MACS = [1, 2, 4]
 
 
 @pytest.fixture
-def test_cache(make_cache: Any) -> ExitCache:
-    return make_cache(TEST_CONF, TEST_CORRECT, MACS)
+def test_cache(hand_cache: ExitCache) -> ExitCache:
+    return hand_cache
 
 
 @pytest.fixture
 def val_cache(make_cache: Any) -> ExitCache:
-    return make_cache(VAL_CONF, VAL_CORRECT, MACS)
+    return make_cache(VAL_CONF, VAL_CORRECT, [1, 2, 4])
 
 
 def test_anytime(test_cache: ExitCache) -> None:
@@ -145,7 +134,7 @@ def test_fit_when_an_exit_should_take_nobody(make_cache: Any) -> None:
 
 
 def test_budgeted_batch_rejects_different_archs(val_cache: ExitCache, make_cache: Any, chain_arch: Any) -> None:
-    other = make_cache(np.zeros((3, 6)), np.zeros((3, 6)), MACS,
+    other = make_cache(np.zeros((3, 6)), np.zeros((3, 6)), [1, 2, 4],
                        arch=chain_arch(3).replace(widths=(0.5,)))
     with pytest.raises(ValueError, match="different archs"):
         budgeted_batch(val_cache, other)
