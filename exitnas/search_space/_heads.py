@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable
 
 import torch
@@ -81,35 +82,48 @@ class MSDNetHead(ElasticHead):
         )
 
 
+def _bof(similarity: Tensor, log_scale: Tensor) -> Tensor:
+    """Soft assignment (softmax of scaled similarities over codewords) → histogram, the input
+    of the head's linear classifier.
+
+    The histogram is scaled by the number of codewords (mean 1 per codeword instead of 1/K),
+    so the classifier learns at the pace of the other heads instead of K times slower.
+    """
+    assign = torch.softmax(similarity * log_scale.exp(), dim=1)  # N×K×H×W, sums to 1 over K
+    return assign.mean(dim=(2, 3)) * similarity.shape[1]
+
+
 class _BoFStatic(nn.Module):
     """Plain bag-of-features head: 1×1 codeword similarities → soft assignment → histogram → linear."""
 
-    def __init__(self, codewords: nn.Conv2d, fc: nn.Linear, temperature: float) -> None:
+    def __init__(self, codewords: nn.Conv2d, fc: nn.Linear, log_scale: Tensor) -> None:
         super().__init__()
-        self.codewords, self.fc, self.temperature = codewords, fc, temperature
+        self.codewords, self.fc = codewords, fc
+        self.log_scale = nn.Parameter(log_scale.detach().clone())
 
     def histogram(self, x: Tensor) -> Tensor:
-        assign = torch.softmax(self.codewords(x) / self.temperature, dim=1)  # N×K×H×W, sums to 1 over K
-        return assign.mean(dim=(2, 3))  # N×K: a histogram of codeword use over the positions
+        """N×K: the share of positions assigned to each codeword (each row sums to 1)."""
+        return torch.softmax(self.codewords(x) * self.log_scale.exp(), dim=1).mean(dim=(2, 3))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.histogram(x))
+        return self.fc(_bof(self.codewords(x), self.log_scale))
 
 
 @HEADS.register("bof", "bag-of-features head (Passalis et al. 2020): codewords, soft assignment, histogram, linear")
 class BoFHead(ElasticHead):
     """Each position is softly assigned to ``codewords`` learned by a 1×1 conv; the exit classifies
-    the histogram of assignments, a summary that is cheap and invariant to where features occur."""
+    the histogram of assignments, a summary that is cheap and invariant to where features occur.
+    The assignment's sharpness (1 / temperature) is learned, starting at ``1 / temperature``."""
 
-    def __init__(self, max_in: int, num_classes: int, codewords: int = 32, temperature: float = 1.0) -> None:
+    def __init__(self, max_in: int, num_classes: int, codewords: int = 32, temperature: float = 0.5) -> None:
         super().__init__()
         self.codewords = ElasticConv2d(max_in, codewords, 1, bias=True)
         self.fc = nn.Linear(codewords, num_classes)
-        self.k, self.temperature = codewords, temperature
+        self.log_scale = nn.Parameter(torch.tensor(-math.log(temperature)))
+        self.k = codewords
 
     def forward(self, x: Tensor) -> Tensor:
-        assign = torch.softmax(self.codewords(x, self.k) / self.temperature, dim=1)
-        return self.fc(assign.mean(dim=(2, 3)))
+        return self.fc(_bof(self.codewords(x, self.k), self.log_scale))
 
     def to_static(self, c_in: int) -> nn.Module:
-        return _BoFStatic(self.codewords.to_static(c_in, self.k), copy.deepcopy(self.fc), self.temperature)
+        return _BoFStatic(self.codewords.to_static(c_in, self.k), copy.deepcopy(self.fc), self.log_scale)

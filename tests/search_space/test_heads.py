@@ -22,6 +22,9 @@ def test_bof_histogram_is_a_distribution_over_codewords() -> None:
     moved = x.flatten(2)[:, :, perm].view_as(x)
     torch.testing.assert_close(static(moved), static(x))
     torch.testing.assert_close(head(x), static(x))
+    # The assignment's sharpness is learned with the rest of the head.
+    head(x).square().sum().backward()
+    assert float(head.log_scale.grad.abs()) > 0 and float(head.fc.weight.grad.abs().sum()) > 0
 
 
 @pytest.mark.parametrize("head", sorted(HEADS))
