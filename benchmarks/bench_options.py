@@ -204,7 +204,8 @@ def report(rows: dict[str, Any], budgets: list[float], args: argparse.Namespace,
         "1 random), lr 0.1 cosine; evaluated layout: the largest backbone with an exit at every stage end "
         "(3 exits), BN recalibrated on 2,000 training images; thresholds fit on the 5,000-image validation "
         "split, accuracy on the 10,000 test images. Budgets are fixed MMACs (of the plain layout's "
-        "full depth: 40/70/100%); cells give test accuracy (difference to plain, points) at the test MMACs spent.")
+        "full depth: 40/70/100%); cells give test accuracy (difference to plain, points) at the test MMACs spent; "
+        "train s is the wall time of training on a shared machine (informative, not a target).")
     spread = ""
     if "plain" in rows and "plain, seed 1" in rows:
         d = [abs(a["test_acc"] - b["test_acc"]) * 100 for a, b in zip(rows["plain"]["budgets"],
