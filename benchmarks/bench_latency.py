@@ -27,11 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _env import environment, environment_line, write_section  # noqa: E402
+from _env import environment, environment_line, kendall_tau, write_section  # noqa: E402
 
 from exitnas.evaluators import build_exit_cache, exit_costs, fit_budgeted_thresholds  # noqa: E402
 from exitnas.evaluators._latency import profile_space  # noqa: E402
@@ -53,14 +52,6 @@ def _images(n: int) -> tuple[torch.Tensor, tuple[float, ...], tuple[float, ...],
         g = torch.Generator().manual_seed(0)
         return (torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8), (0.5,) * 3, (0.25,) * 3,
                 f"{n} random images (CIFAR-10 JPEG tar not found)")
-
-
-def _kendall_tau(a: list[float], b: list[float]) -> float:
-    n, s = len(a), 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            s += int(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]))
-    return 2 * s / (n * (n - 1))
 
 
 @torch.no_grad()
@@ -200,7 +191,7 @@ def main() -> int:
               f"realised speed-up ratio {speedup:.2f}")
     pred = [r[4] for r in rows]
     meas = [r[5] for r in rows]
-    tau = _kendall_tau(pred, meas)
+    tau = kendall_tau(pred, meas)
     mape = 100 * statistics.fmean(abs(p - m) / m for p, m in zip(pred, meas))
     speed = [r[6] for r in rows]
     runtime_gain = [r[7] / r[5] for r in rows]

@@ -84,7 +84,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import shutil
 import sys
 import tarfile
@@ -97,7 +96,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _env import RESULTS, environment, write_section
+from _env import RESULTS, environment, kendall_tau, write_section
 from _headline_report import (
     NSGA2_STUDY,
     RANDOM_STUDY,
@@ -700,26 +699,6 @@ def step_retrain(run: Run) -> bool:
     _prune_export(inherited)
     _prune_export(run.out / "retrain-chosen")
     return True
-
-
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's τ-b (ties in either ranking handled); nan when undefined."""
-    conc = disc = ties_a = ties_b = 0
-    for i in range(len(a)):
-        for j in range(i + 1, len(a)):
-            da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif da == db:
-                conc += 1
-            else:
-                disc += 1
-    denom = math.sqrt((conc + disc + ties_a) * (conc + disc + ties_b))
-    return (conc - disc) / denom if denom else float("nan")
 
 
 def kendall_trials(front: Any, n: int) -> list[int]:
