@@ -124,6 +124,12 @@ class SearchSpace:
         heads = [rng.choice(self.head_choices) for _ in exits]
         return self._arch(depths, widths, ratios, exits, heads)
 
+    def with_random_exits(self, arch: ArchConfig, rng: random.Random, exit_prob: float = 0.5) -> ArchConfig:
+        """The same backbone with exits drawn as :meth:`sample` draws them (new random heads)."""
+        blocks = arch.block_positions()
+        exits = [p for p in blocks[:-1] if rng.random() < exit_prob] + [blocks[-1]]
+        return arch.replace(exits=tuple(exits), heads=tuple(rng.choice(self.head_choices) for _ in exits))
+
     def with_all_exits(self, arch: ArchConfig, rng: random.Random | None = None) -> ArchConfig:
         """The same backbone with an exit at every active block (heads kept, new ones random)."""
         blocks = arch.block_positions()

@@ -68,9 +68,16 @@ def sandwich_archs(space: SearchSpace, k: int, seed: int, step: int) -> list[Arc
     Exits do not change the backbone, so training every block end's head in every sampled
     subnet costs little and trains every candidate exit. Head types are drawn per exit.
     Seeded by (seed, step): every rank, and a resumed run, samples the same subnets.
+
+    When exits are combined (``space.combine`` boost or ztw), exit k learns to correct the
+    exits before it, so every subnet gets a random exit set instead, drawn as the search
+    draws them: with an exit at every block, exit k would learn to correct a chain of
+    block-end exits that no searched arch has.
     """
     rng = random.Random(seed * 1_000_003 + step)
     archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(k)]
+    if space.combine != "none":
+        return [space.with_random_exits(a, rng) for a in archs]
     return [space.with_all_exits(a.replace(exits=a.exits[-1:], heads=a.heads[-1:]), rng) for a in archs]
 
 

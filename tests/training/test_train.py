@@ -189,3 +189,25 @@ def test_missing_and_foreign_checkpoints(tmp_path: Path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"\x00not a checkpoint")
     with pytest.raises(UserError, match="cannot be read safely"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_sandwich_exit_sets_follow_the_combiner() -> None:
+    from dataclasses import replace
+
+    from exitnas.search_space import build_space
+    from exitnas.training import sandwich_archs
+
+    plain = build_space("msr-resnet", in_channels=3, num_classes=10, channels=(8, 16), depths=(2, 3))
+    boost = replace(plain, combine="boost")
+    for step in range(20):
+        # Independent exits: every block end of every subnet trains its head.
+        for a in sandwich_archs(plain, 2, 0, step):
+            assert list(a.exits) == a.block_positions()
+        # Combined exits: the exit sets the search draws, so exit k learns the chains it will see.
+        for a in sandwich_archs(boost, 2, 0, step):
+            assert a.exits[-1] == a.block_positions()[-1]
+            assert set(a.exits) <= set(a.block_positions())
+            assert len(a.heads) == len(a.exits)
+    sets = {a.exits for step in range(20) for a in sandwich_archs(boost, 2, 0, step)}
+    assert len(sets) > 5
+    assert any(len(a.exits) < len(a.block_positions()) for s in range(20) for a in sandwich_archs(boost, 2, 0, s))
