@@ -60,6 +60,7 @@ OPTIONS: dict[str, list[str]] = {
     "ztw": ["space.combine=ztw"],
     "dfs (β 0.5)": ["train.routing=dfs", "train.dfs_beta=0.5"],
     "EMGNet multi-scale (5×5 share {0, 0.5})": ["space.ratios=[0.0, 0.5]"],
+    "EMGNet dynamic gate": ["space.gate=emg"],
 }
 WHAT = {
     "plain": "linear heads, independent exits, shared features, CE at every exit, 3×3 convs, per-exit thresholds",
@@ -73,6 +74,8 @@ WHAT = {
     "dfs (β 0.5)": "Deep Feature Surgery partition + detached referencing at exits",
     "EMGNet multi-scale (5×5 share {0, 0.5})": "5×5 kernels whose centre is the 3×3, half the channels at the "
                                                "largest subnet, instead of 3×3 only",
+    "EMGNet dynamic gate": "3×3 convs whose channels a per-sample gate grows to 5×5 (train.gate_cost 0.1); "
+                           "each test image is charged its own MACs",
 }
 BUDGET_SHARES = (0.4, 0.7, 1.0)  # of the plain layout's full-depth MACs
 P_GRID = tuple(np.round(np.geomspace(0.02, 8.0, 160), 5))
@@ -154,10 +157,10 @@ def main() -> int:
         arch = layout(cfg, splits)
         caches = ev.caches(arch, ("train", "val", "test"))
         if budgets is None:  # fixed by the plain option's layout (the first row), the same for every row
-            full = float(caches["val"].macs[-1])
+            full = float(caches["val"].exit_macs()[-1])
             budgets = [s * full for s in BUDGET_SHARES]
         rows[name] = {
-            "train_s": train_s, "mmacs_exits": [m / 1e6 for m in caches["val"].macs],
+            "train_s": train_s, "mmacs_exits": [m / 1e6 for m in caches["val"].exit_macs()],
             "final_test_acc": float(caches["test"].exit_accuracy()[-1]),
             "budgets": [budgeted(caches["val"], caches["test"], b) for b in budgets],
         }

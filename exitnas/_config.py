@@ -35,6 +35,7 @@ class SpaceConfig:
     ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     heads: tuple[str, ...] = ("linear", "msdnet")
     combine: str = "none"
+    gate: str = "none"
 
     def options(self) -> dict[str, Any]:
         """Keyword options of the space factory."""
@@ -63,6 +64,7 @@ class TrainConfig:
     loss: str = "plain"
     routing: str = "shared"
     dfs_beta: float = 0.5
+    gate_cost: float = 0.1
     augment: bool = True
     crop_pad: int | None = None
     flip: bool | None = None

@@ -142,7 +142,7 @@ class ArchObjective:
         trial.set_user_attr("thresholds", [float(t) for t in thresholds])
         trial.set_user_attr("exit_accuracy", [round(float(a), 6) for a in cache.exit_accuracy()])
         trial.set_user_attr("exit_histogram", res.histogram[0].tolist())
-        trial.set_user_attr("exit_mmacs", [m / 1e6 for m in costs.macs])
+        trial.set_user_attr("exit_mmacs", [m / 1e6 for m in cache.exit_macs()])  # mean per exit on val
         trial.set_user_attr("head_mmacs", [m / 1e6 for m in costs.head_macs])
         trial.set_user_attr("params", list(costs.params))
         trial.set_user_attr("cache_reused", self.evaluator.forward_passes == before)

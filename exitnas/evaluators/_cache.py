@@ -13,7 +13,7 @@ from torch import Tensor
 
 from exitnas._confidence import confidence
 from exitnas.data import normalize
-from exitnas.search_space import ArchConfig, StaticNet
+from exitnas.search_space import ArchConfig, RingMacs, StaticNet
 
 __all__ = ["ExitCache", "build_exit_cache", "ExitCacheStore"]
 
@@ -26,8 +26,10 @@ class ExitCache:
         arch: The architecture.
         confidence: K×N float32, confidence of exit k on sample n (in [0, 1]).
         correct: K×N bool, whether exit k's prediction for sample n is right.
-        macs: K cumulative MACs of leaving at exit k.
+        macs: K cumulative MACs of leaving at exit k (what every sample pays).
         kind: Confidence measure (``maxprob`` or ``entropy``).
+        extra_macs: K×N further cumulative MACs of sample n leaving at exit k, for nets whose
+            cost depends on the input (EMGNet's gate, see ``search_space._gate``); None if none.
     """
 
     arch: ArchConfig
@@ -35,6 +37,7 @@ class ExitCache:
     correct: np.ndarray
     macs: np.ndarray
     kind: str = "maxprob"
+    extra_macs: np.ndarray | None = None
 
     @property
     def num_exits(self) -> int:
@@ -44,6 +47,12 @@ class ExitCache:
     def num_samples(self) -> int:
         return int(self.confidence.shape[1])
 
+    def exit_macs(self) -> np.ndarray:
+        """Mean MACs of leaving at each exit (``macs`` plus the mean per-sample extra)."""
+        if self.extra_macs is None:
+            return self.macs
+        return self.macs + self.extra_macs.mean(axis=1)
+
     def exit_accuracy(self) -> np.ndarray:
         """Accuracy of each exit if every sample left there (the anytime curve)."""
         return self.correct.mean(axis=1)
@@ -52,15 +61,17 @@ class ExitCache:
         from exitnas.training import atomic_write_bytes
 
         buf = io.BytesIO()
+        extra = {} if self.extra_macs is None else {"extra_macs": self.extra_macs}
         np.savez(buf, confidence=self.confidence, correct=self.correct, macs=self.macs,
-                 arch=np.array(self.arch.to_json()), kind=np.array(self.kind))
+                 arch=np.array(self.arch.to_json()), kind=np.array(self.kind), **extra)
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> ExitCache:
         with np.load(path, allow_pickle=False) as z:
+            extra = z["extra_macs"] if "extra_macs" in z.files else None
             return cls(ArchConfig.from_json(str(z["arch"])), z["confidence"], z["correct"], z["macs"],
-                       str(z["kind"]))
+                       str(z["kind"]), extra)
 
 
 @torch.no_grad()
@@ -68,17 +79,24 @@ def build_exit_cache(net: StaticNet, arch: ArchConfig, images: Tensor, labels: T
                      mean: tuple[float, ...], std: tuple[float, ...], macs: np.ndarray | list[int],
                      kind: str = "maxprob", batch_size: int = 1000,
                      device: torch.device | str = "cpu") -> ExitCache:
-    """One pass of ``net`` over ``images`` (uint8) → an :class:`ExitCache`."""
+    """One pass of ``net`` over ``images`` (uint8) → an :class:`ExitCache`.
+
+    ``macs`` are the costs every sample pays; a net with gates adds each sample's own rings
+    (``extra_macs``), counted as if it ran alone (batch size 1).
+    """
     net.eval()
-    conf, correct = [], []
-    for i in range(0, len(images), batch_size):
-        x = normalize(images[i : i + batch_size].to(device, non_blocking=True), mean, std)
-        y = labels[i : i + batch_size].to(device)
-        outs = net(x)
-        conf.append(torch.stack([confidence(z, kind) for z in outs]).cpu())
-        correct.append(torch.stack([z.argmax(-1) == y for z in outs]).cpu())
+    conf, correct, extra = [], [], []
+    with RingMacs(list(net.segments)) as rings:
+        for i in range(0, len(images), batch_size):
+            x = normalize(images[i : i + batch_size].to(device, non_blocking=True), mean, std)
+            y = labels[i : i + batch_size].to(device)
+            outs = net(x)
+            conf.append(torch.stack([confidence(z, kind) for z in outs]).cpu())
+            correct.append(torch.stack([z.argmax(-1) == y for z in outs]).cpu())
+            extra.append(rings.take(len(y)))
+    extra_macs = None if extra[0] is None else torch.cat(extra, 1).numpy()
     return ExitCache(arch, torch.cat(conf, 1).numpy().astype(np.float32), torch.cat(correct, 1).numpy(),
-                     np.asarray(macs, dtype=np.float64), kind)
+                     np.asarray(macs, dtype=np.float64), kind, extra_macs)
 
 
 def _digest(*parts: str) -> str:

@@ -80,7 +80,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"arch: {arch.to_json()}")
     print(f"{'exit':>4} {'position':>9} {'head':>7} {'MMACs':>9} {'params':>9} {'val acc':>8} {'test acc':>8}")
     for k, (pos, head) in enumerate(zip(arch.exits, arch.heads)):
-        print(f"{k:>4} {str(list(pos)):>9} {head:>7} {costs.macs[k] / 1e6:>9.3f} {costs.params[k]:>9} "
+        print(f"{k:>4} {str(list(pos)):>9} {head:>7} {test.exit_macs()[k] / 1e6:>9.3f} {costs.params[k]:>9} "
               f"{val.exit_accuracy()[k]:>8.4f} {test.exit_accuracy()[k]:>8.4f}")
     orc = result["oracle_test"]
     print(f"oracle (test): accuracy {orc['accuracy']:.4f} at {orc['macs'] / 1e6:.3f} MMACs")

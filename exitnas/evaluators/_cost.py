@@ -15,6 +15,7 @@ from fvcore.nn import FlopCountAnalysis
 from torch import Tensor, nn
 
 from exitnas.search_space import StaticNet
+from exitnas.search_space._gate import gated_modules
 
 __all__ = ["ExitCosts", "exit_costs"]
 
@@ -81,7 +82,22 @@ def count_macs(module: nn.Module, *inputs: Tensor) -> int:
 
 @torch.no_grad()
 def exit_costs(net: StaticNet, input_shape: tuple[int, int, int]) -> ExitCosts:
-    """Per-exit cumulative MACs and parameters of ``net`` for one C×H×W input."""
+    """Per-exit cumulative MACs and parameters of ``net`` for one C×H×W input.
+
+    A gated multi-scale conv counts what every sample pays (its 3×3 centres and the gate);
+    the rings a sample switches on are counted per sample by the exit cache.
+    """
+    gated = gated_modules(net)
+    for m in gated:
+        m.count_ring = False
+    try:
+        return _exit_costs(net, input_shape)
+    finally:
+        for m in gated:
+            m.count_ring = True
+
+
+def _exit_costs(net: StaticNet, input_shape: tuple[int, int, int]) -> ExitCosts:
     was_training = net.training
     net.eval()
     x = torch.zeros(1, *input_shape, device=next(net.parameters()).device)

@@ -104,7 +104,8 @@ class LatencyTable:
         """Ms of leaving at each exit: the early-exit loop's own cost (of reaching the final
         exit, or of leaving before it), one decision per exit passed, and stem + blocks + heads
         so far (times the in-context factor)."""
-        if space.to_dict() != self.space:
+        _check_static(space)
+        if not space.matches(self.space):
             raise UserError("latency table was measured for another search space; run exitnas profile for this one")
         modules = self._module_latency(space, arch)
         final, leave, decision = self.ms("early_exit"), self.ms("leave"), self.ms("decision")
@@ -175,11 +176,18 @@ def _device_name(device: torch.device) -> str:
 
 
 @torch.no_grad()
+def _check_static(space: SearchSpace) -> None:
+    if space.gate != "none":
+        raise UserError(f"latency tables time fixed blocks, but space.gate {space.gate!r} changes a block's "
+                        "cost per input; search space.gate emg with search.objective macs")
+
+
 def profile_space(space: SearchSpace, image_size: int, device: torch.device, *, warmup: int = 10,
                   repeats: int = 30, inner: int = 5, progress: bool = True, calibration_archs: int = 8) -> LatencyTable:
     """Measure every block choice, stem, head and the exit decision of ``space`` at batch size 1,
     each through the deployed runtime, then fit the in-context factor on ``calibration_archs``
     whole subnets."""
+    _check_static(space)
     supernet = Supernet(space).eval()
     jobs: list[tuple[str, nn.Module, tuple[int, ...]]] = []
     sizes = [image_size]

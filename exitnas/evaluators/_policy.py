@@ -52,9 +52,11 @@ class ExitPolicy:
     """The threshold rule "leave at the first exit whose confidence ≥ its threshold" on a cache."""
 
     def __init__(self, cache: ExitCache, costs: np.ndarray | list[float] | None = None) -> None:
-        """``costs``: cumulative cost of each exit (default: the cache's MACs; e.g. latencies)."""
+        """``costs``: cumulative cost of each exit (default: the cache's MACs, plus each
+        sample's own extra MACs where the cache has them; or e.g. latencies)."""
         self.cache = cache
         self.costs = cache.macs if costs is None else np.asarray(costs, dtype=np.float64)
+        self.extra = cache.extra_macs if costs is None else None
         if self.costs.shape != (cache.num_exits,):
             raise ValueError(f"costs must have one entry per exit ({cache.num_exits})")
         self._tables: list[np.ndarray] | None = None
@@ -73,24 +75,34 @@ class ExitPolicy:
         """Accuracy, expected MACs and exit histogram of each threshold vector (T×(K-1))."""
         t = check_thresholds(thresholds, self.cache.num_exits)
         if method == "auto":
-            method = "bitset" if len(t) >= 64 else "dense"
+            method = "bitset" if len(t) >= 64 and self.extra is None else "dense"
+        extra = np.zeros(len(t))
         if method == "dense":
-            hist, right = self._dense(t)
-        elif method == "bitset":
+            hist, right, extra = self._dense(t)
+        elif method == "bitset" and self.extra is None:
             hist, right = self._bitset(t)
         else:
-            raise ValueError(f"unknown method {method!r}")
+            raise ValueError(f"unknown method {method!r}" if method != "bitset" else
+                             "per-sample MACs need the dense method")
         n = self.cache.num_samples
-        return PolicyResult(right.sum(1) / n, hist @ self.costs / n, hist)
+        return PolicyResult(right.sum(1) / n, (hist @ self.costs + extra) / n, hist)
 
-    def _dense(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _dense(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Histogram, right answers and summed per-sample extra MACs (T), in chunks of vectors."""
         c, ok = self.cache.confidence, self.cache.correct
         k, n = c.shape
-        hit = np.ones((len(t), k, n), dtype=bool)
-        hit[:, :-1] = c[None, :-1] >= t[:, :, None]
-        first = hit.argmax(axis=1)  # T×N
-        onehot = first[:, None, :] == np.arange(k)[None, :, None]  # T×K×N
-        return onehot.sum(2), (onehot & ok[None]).sum(2)
+        hists, rights, extras = [], [], []
+        for lo in range(0, len(t), 256):
+            tc = t[lo : lo + 256]
+            hit = np.ones((len(tc), k, n), dtype=bool)
+            hit[:, :-1] = c[None, :-1] >= tc[:, :, None]
+            first = hit.argmax(axis=1)  # T×N
+            onehot = first[:, None, :] == np.arange(k)[None, :, None]  # T×K×N
+            hists.append(onehot.sum(2))
+            rights.append((onehot & ok[None]).sum(2))
+            extras.append(np.zeros(len(tc)) if self.extra is None else
+                          np.take_along_axis(self.extra, first, axis=0).sum(1))
+        return np.concatenate(hists), np.concatenate(rights), np.concatenate(extras)
 
     def _build_tables(self) -> list[np.ndarray]:
         c = self.cache.confidence

@@ -28,8 +28,8 @@ class CurvePoint:
 
 def anytime(cache: ExitCache) -> list[CurvePoint]:
     """Accuracy of exit k against its cumulative MACs (every sample leaves at exit k)."""
-    acc = cache.exit_accuracy()
-    return [CurvePoint(float(cache.macs[k]), float(acc[k]), k) for k in range(cache.num_exits)]
+    acc, macs = cache.exit_accuracy(), cache.exit_macs()
+    return [CurvePoint(float(macs[k]), float(acc[k]), k) for k in range(cache.num_exits)]
 
 
 def target_shares(p: float, num_exits: int) -> np.ndarray:
@@ -83,5 +83,8 @@ def oracle(cache: ExitCache) -> CurvePoint:
     any_ok = ok.any(axis=0)
     first = np.where(any_ok, ok.argmax(axis=0), cache.num_exits - 1)
     hist = np.bincount(first, minlength=cache.num_exits)
-    return CurvePoint(float(cache.macs[first].mean()), float(any_ok.mean()), None, (),
+    macs = cache.macs[first]
+    if cache.extra_macs is not None:
+        macs = macs + cache.extra_macs[first, np.arange(cache.num_samples)]
+    return CurvePoint(float(macs.mean()), float(any_ok.mean()), None, (),
                       tuple(int(v) for v in hist))

@@ -216,7 +216,7 @@ def get_test_info(front: FrontInfo, evaluator: Evaluator, trials: list[int]) -> 
         out.append(TestPoint(n, arch, tuple(float(v) for v in thr), rec.accuracy, rec.mmacs,
                              float(val.accuracy[0]), float(test.accuracy[0]), float(test.expected_macs[0]) / 1e6,
                              tuple(int(v) for v in test.histogram[0]),
-                             tuple(float(m) / 1e6 for m in caches["test"].macs), n in front.pareto))
+                             tuple(float(m) / 1e6 for m in caches["test"].exit_macs()), n in front.pareto))
     return out
 
 
@@ -265,7 +265,7 @@ def get_curves_info(front: FrontInfo, evaluator: Evaluator, trial: int) -> Curve
                           tuple(int(v) for v in res.histogram[0]))
     static_arch = static_largest_arch(evaluator.space)
     static_test = evaluator.cache(static_arch, "test")
-    static = CurvePoint(float(static_test.macs[-1]), float(static_test.exit_accuracy()[-1]), 0, (),
+    static = CurvePoint(float(static_test.exit_macs()[-1]), float(static_test.exit_accuracy()[-1]), 0, (),
                         (static_test.num_samples,))
     stage_arch = stage_exit_arch(evaluator.space)
     sc = evaluator.caches(stage_arch, ("val", "test"))

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from exitnas._errors import UserError
 from exitnas.evaluators._runtime import EarlyExitRuntime, channels_last, deploy
 from exitnas.search_space import ArchConfig, SearchSpace, StaticNet, Supernet
+from exitnas.search_space._gate import gated_modules, ring_mask
 
 __all__ = ["EXPORT_FORMAT", "EarlyExitModel", "deploy_model", "load_export", "sha256_file"]
 
@@ -80,7 +81,11 @@ def static_skeleton(space: SearchSpace, arch: ArchConfig) -> StaticNet:
     # materialised empty, for load_state_dict to fill.
     with torch.device("meta"):
         net = Supernet(space).to_static(arch)
-    return net.to_empty(device="cpu")
+    net = net.to_empty(device="cpu")
+    with torch.no_grad():  # constants that are not in the state dict (the gates' ring masks)
+        for m in gated_modules(net):
+            m.mask.copy_(ring_mask())
+    return net
 
 
 def load_export(directory: str | Path) -> tuple[EarlyExitModel, dict[str, Any]]:

@@ -25,6 +25,8 @@ from exitnas.evaluators._protocols import DEFAULT_P_SWEEP
 from exitnas.results._export import ExportResult, write_export
 from exitnas.results._model import load_export
 from exitnas.search_space import ArchConfig, SearchSpace, StaticNet, Supernet
+from exitnas.search_space._gate import GateUse
+from exitnas.search_space._routing import routed_forward
 
 __all__ = ["RetrainResult", "retrain_export", "refit_thresholds"]
 
@@ -67,11 +69,16 @@ def retrain_export(arch_json: str | Path, out: str | Path, *, scratch: bool = Tr
                    lr: float | None = None, seed: int = 0, progress: bool = True) -> RetrainResult:
     """Train the exported arch (from scratch, or fine-tune its inherited weights) with the
     multi-exit loss, refit its thresholds on val for the export's val expected MACs, and
-    write a new export with test accuracy and expected MACs."""
+    write a new export with test accuracy and expected MACs.
+
+    The experiment's training options apply as in supernet training: ``train.loss``,
+    ``train.routing`` (DFS partitions each non-final exit) and ``train.gate_cost``.
+    """
     from exitnas._config import ExperimentConfig
     from exitnas.data import load_dataset
     from exitnas.training._trainer import (
         LOSSES,
+        gate_penalty,
         lr_at,
         make_optimizer,
         resolve_device,
@@ -107,12 +114,16 @@ def retrain_export(arch_json: str | Path, out: str | Path, *, scratch: bool = Tr
     bar = tqdm(total=total, desc="retrain" + (" (scratch)" if scratch else " (fine-tune)"), unit="step",
                disable=not progress, dynamic_ncols=True)
     step = 0
+    gates = GateUse(net)  # a gated net pays train.gate_cost for the rings it switches on
     while step < total:
         for x, y in loader.epoch(step // spe, step % spe):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, warmup, base_lr)
-            with amp:
-                loss = loss_fn(net(x), y, None, 0.0, tc.label_smoothing)
+            with amp, gates:
+                loss = loss_fn(routed_forward(net, x, tc.routing, tc.dfs_beta), y, None, 0.0, tc.label_smoothing)
+                use = gates.take()
+                if use:
+                    loss = loss + tc.gate_cost * gate_penalty(use)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from exitnas.search_space._gate import GatedMultiScaleConv2d, gated_conv, ring_macs, ring_mask
+
 __all__ = [
     "ElasticBatchNorm2d",
     "ElasticMultiScaleConv2d",
@@ -55,11 +57,14 @@ class ElasticMultiScaleConv2d(nn.Module):
     centre 3×3, so switching a channel between scales keeps its weights (the centre is shared).
     """
 
-    def __init__(self, max_in: int, max_out: int, stride: int = 1) -> None:
+    def __init__(self, max_in: int, max_out: int, stride: int = 1, gated: bool = False) -> None:
         super().__init__()
         self.stride = stride
         self.weight = nn.Parameter(torch.empty(max_out, max_in, 5, 5))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        # EMGNet's dynamic mode (see _gate): a threshold per channel; 0 starts every gate on.
+        self.theta = nn.Parameter(torch.zeros(max_out)) if gated else None
+        self.register_buffer("mask", ring_mask() if gated else None, persistent=False)
 
     def kernels(self, c_in: int, c_out: int, ratio: float) -> tuple[Tensor | None, Tensor | None]:
         c5, _ = split_channels(c_out, ratio)
@@ -68,18 +73,37 @@ class ElasticMultiScaleConv2d(nn.Module):
         w3 = w[c5:, :, 1:4, 1:4] if c5 < c_out else None
         return w5, w3
 
-    def forward(self, x: Tensor, c_out: int, ratio: float) -> Tensor:
+    def forward(self, x: Tensor, c_out: int, ratio: float,
+                gate_use: list[tuple[Tensor, float]] | None = None) -> Tensor:
+        """The multi-scale conv; with a gate, its 3×3 channels are gated per sample, and
+        ``gate_use`` (if given) receives (mean ring MACs switched on per sample, ring MACs of all)."""
         w5, w3 = self.kernels(x.shape[1], c_out, ratio)
         outs = []
         if w5 is not None:
             outs.append(F.conv2d(x, w5, None, self.stride, 2))
-        if w3 is not None:
+        if w3 is not None and self.theta is not None:
+            c5 = c_out - w3.shape[0]
+            y, g = gated_conv(x, self.weight[c5:c_out, : x.shape[1]], self.theta[c5:c_out], self.stride,
+                              self.training, self.mask)
+            if gate_use is not None:
+                per = ring_macs(x.shape[1], y)
+                gate_use.append((g.sum(1).mean() * per, float(g.shape[1] * per)))
+            outs.append(y)
+        elif w3 is not None:
             outs.append(F.conv2d(x, w3, None, self.stride, 1))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
-    def to_static(self, c_in: int, c_out: int, ratio: float) -> MultiScaleConv2d:
+    def to_static(self, c_in: int, c_out: int, ratio: float) -> MultiScaleConv2d | GatedMultiScaleConv2d:
         w5, w3 = self.kernels(c_in, c_out, ratio)
         c5, c3 = split_channels(c_out, ratio)
+        if self.theta is not None and c3:
+            g = GatedMultiScaleConv2d(c_in, c5, c3, self.stride)
+            with torch.no_grad():
+                if g.conv5 is not None and w5 is not None:
+                    g.conv5.weight.copy_(w5)
+                g.weight.copy_(self.weight[c5:c_out, :c_in])
+                g.theta.copy_(self.theta[c5:c_out])
+            return g
         m = MultiScaleConv2d(c_in, c5, c3, self.stride)
         with torch.no_grad():
             if m.conv5 is not None and w5 is not None:

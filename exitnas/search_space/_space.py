@@ -11,6 +11,7 @@ from exitnas._errors import UserError
 from exitnas._registry import Registry
 from exitnas.search_space._arch import ArchConfig
 from exitnas.search_space._combine import COMBINERS
+from exitnas.search_space._gate import GATES
 from exitnas.search_space._heads import HEADS
 
 __all__ = ["SearchSpace", "SPACES", "build_space"]
@@ -32,6 +33,8 @@ class SearchSpace:
         head_choices: Allowed exit head types.
         combine: How an exit builds on the exit before it (``none``, ``boost``, ``ztw``;
             see ``_combine``); one choice for the whole space, fixed at training.
+        gate: ``emg`` lets a per-sample gate grow each 3×3 channel to 5×5 (EMGNet's dynamic
+            mode, see ``_gate``); ``none`` keeps the searched static split.
     """
 
     name: str
@@ -44,6 +47,7 @@ class SearchSpace:
     ratio_choices: tuple[float, ...]
     head_choices: tuple[str, ...]
     combine: str = "none"
+    gate: str = "none"
 
     def __post_init__(self) -> None:
         if len(self.channels) != len(self.strides):
@@ -60,6 +64,7 @@ class SearchSpace:
         for h in self.head_choices:
             HEADS.get(h)
         COMBINERS.get(self.combine)
+        GATES.get(self.gate)
 
     # -- shape ---------------------------------------------------------------------------
     @property
@@ -185,12 +190,13 @@ def msr_resnet(
     ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0),
     heads: tuple[str, ...] = ("linear", "msdnet"),
     combine: str = "none",
+    gate: str = "none",
 ) -> SearchSpace:
     """The default space for small images (CIFAR's 32×32; stages halve the resolution)."""
     strides = strides or (1,) + (2,) * (len(channels) - 1)
     return SearchSpace("msr-resnet", in_channels, num_classes, tuple(channels), tuple(strides),
                        tuple(depths), tuple(float(w) for w in widths), tuple(float(r) for r in ratios),
-                       tuple(heads), combine)
+                       tuple(heads), combine, gate)
 
 
 def build_space(name: str, *, in_channels: int, num_classes: int, **options: Any) -> SearchSpace:

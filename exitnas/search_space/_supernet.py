@@ -22,11 +22,11 @@ __all__ = ["ElasticBlock", "Supernet"]
 class ElasticBlock(nn.Module):
     """Residual block of two multi-scale convs; width and 5×5 ratio chosen per call."""
 
-    def __init__(self, max_in: int, max_out: int, stride: int) -> None:
+    def __init__(self, max_in: int, max_out: int, stride: int, gated: bool = False) -> None:
         super().__init__()
-        self.conv1 = ElasticMultiScaleConv2d(max_in, max_out, stride)
+        self.conv1 = ElasticMultiScaleConv2d(max_in, max_out, stride, gated)
         self.bn1 = ElasticBatchNorm2d(max_out)
-        self.conv2 = ElasticMultiScaleConv2d(max_out, max_out, 1)
+        self.conv2 = ElasticMultiScaleConv2d(max_out, max_out, 1, gated)
         self.bn2 = ElasticBatchNorm2d(max_out)
         # Zero-init the last BN scale: each block starts as identity (Goyal et al.), which
         # keeps shallow and deep subnets of the supernet on one footing early in training.
@@ -36,9 +36,10 @@ class ElasticBlock(nn.Module):
             self.sc_conv = ElasticConv2d(max_in, max_out, 1, stride)
             self.sc_bn = ElasticBatchNorm2d(max_out)
 
-    def forward(self, x: Tensor, c_out: int, ratio: float) -> Tensor:
-        y = self.bn1(self.conv1(x, c_out, ratio)).relu()
-        y = self.bn2(self.conv2(y, c_out, ratio))
+    def forward(self, x: Tensor, c_out: int, ratio: float,
+                gate_use: list[tuple[Tensor, float]] | None = None) -> Tensor:
+        y = self.bn1(self.conv1(x, c_out, ratio, gate_use)).relu()
+        y = self.bn2(self.conv2(y, c_out, ratio, gate_use))
         sc = self.sc_bn(self.sc_conv(x, c_out)) if self.downsample else x
         return (y + sc).relu()
 
@@ -73,7 +74,8 @@ class Supernet(nn.Module):
         c_in = c0
         for c, stride in zip(space.channels, space.strides):
             blocks = nn.ModuleList(
-                ElasticBlock(c_in if b == 0 else c, c, stride if b == 0 else 1) for b in range(space.max_depth)
+                ElasticBlock(c_in if b == 0 else c, c, stride if b == 0 else 1, space.gate == "emg")
+                for b in range(space.max_depth)
             )
             self.stages.append(blocks)
             c_in = c
@@ -87,11 +89,13 @@ class Supernet(nn.Module):
             {_key(s, b): COMBINERS.get(space.combine)(space.num_classes) for s, b in space.candidate_exits()}
         )
 
-    def forward(self, x: Tensor, arch: ArchConfig, routing: str = "shared", beta: float = 0.5) -> list[Tensor]:
+    def forward(self, x: Tensor, arch: ArchConfig, routing: str = "shared", beta: float = 0.5,
+                gate_use: list[tuple[Tensor, float]] | None = None) -> list[Tensor]:
         """Logits of each of ``arch``'s exits (the arch is assumed validated by the caller).
 
         ``routing`` (see ``_routing``) decides where the gradients of a non-final exit's loss
-        flow; the logits are the same for every routing.
+        flow; the logits are the same for every routing. With ``space.gate: emg``,
+        ``gate_use`` (if given) receives each gated conv's ring MACs switched on (see ``_gate``).
         """
         sp = self.space
         route = ROUTINGS.get(routing)
@@ -102,7 +106,7 @@ class Supernet(nn.Module):
         for s, blocks in enumerate(self.stages):
             c = sp.stage_channels(s, arch.widths[s])
             for b in range(arch.depths[s]):
-                x = blocks[b](x, c, arch.ratios[s][b])
+                x = blocks[b](x, c, arch.ratios[s][b], gate_use)
                 head = heads.get((s, b))
                 if head is not None:
                     feats = x

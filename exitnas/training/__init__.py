@@ -10,6 +10,7 @@ from exitnas.training._checkpoint import (
 from exitnas.training._losses import LOSSES, plain_loss
 from exitnas.training._trainer import (
     TrainResult,
+    gate_penalty,
     load_supernet,
     lr_at,
     make_optimizer,
@@ -24,6 +25,7 @@ __all__ = [
     "LOSSES",
     "TrainResult",
     "atomic_write_bytes",
+    "gate_penalty",
     "load_checkpoint",
     "load_supernet",
     "lr_at",

@@ -28,8 +28,8 @@ from exitnas.training._dist import (
 )
 from exitnas.training._losses import LOSSES
 
-__all__ = ["TrainResult", "load_supernet", "lr_at", "make_optimizer", "resolve_device", "sandwich_archs", "space_for",
-           "train_loader", "train_supernet"]
+__all__ = ["TrainResult", "gate_penalty", "load_supernet", "lr_at", "make_optimizer", "resolve_device",
+           "sandwich_archs", "space_for", "train_loader", "train_supernet"]
 
 CHECKPOINT_NAME = "supernet.pt"
 
@@ -81,6 +81,12 @@ def sandwich_archs(space: SearchSpace, k: int, seed: int, step: int) -> list[Arc
     return [space.with_all_exits(a.replace(exits=a.exits[-1:], heads=a.heads[-1:]), rng) for a in archs]
 
 
+def gate_penalty(gate_use: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
+    """Share of the gated convs' ring MACs the gates switched on (mean per sample), in [0, 1]."""
+    used = torch.stack([u for u, _ in gate_use]).sum()
+    return used / sum(total for _, total in gate_use)
+
+
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to zero."""
     if step < warmup:
@@ -109,6 +115,8 @@ def train_supernet(
     ROUTINGS.get(tc.routing)
     if not 0 < tc.dfs_beta < 1:
         raise UserError(f"train.dfs_beta must lie in (0, 1), got {tc.dfs_beta}")
+    if tc.gate_cost < 0:
+        raise UserError(f"train.gate_cost must be >= 0, got {tc.gate_cost}")
     info = init_distributed("cuda" if resolve_device(tc.device).type == "cuda" else "cpu")
     device = resolve_device(tc.device, info.local_rank)
     splits = splits or load_dataset(cfg.data)
@@ -164,8 +172,11 @@ def train_supernet(
             step_loss = 0.0
             for i, arch in enumerate(sandwich_archs(space, tc.sandwich_random, tc.seed, step)):
                 with amp:
-                    logits = model(x, arch, tc.routing, tc.dfs_beta)
+                    gate_use: list[tuple[torch.Tensor, float]] = []
+                    logits = model(x, arch, tc.routing, tc.dfs_beta, gate_use)
                     loss = loss_fn(logits, y, teacher, tc.distill, tc.label_smoothing)
+                    if gate_use:
+                        loss = loss + tc.gate_cost * gate_penalty(gate_use)
                 loss.backward()
                 if i == 0:
                     teacher = logits[-1].detach()
