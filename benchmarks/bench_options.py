@@ -58,6 +58,7 @@ OPTIONS: dict[str, list[str]] = {
     "self-distill": ["train.loss=self-distill"],
     "boost": ["space.combine=boost"],
     "ztw": ["space.combine=ztw"],
+    "ztw + ensemble": ["space.combine=ztw", "space.ensemble=geometric"],
     "dfs (β 0.5)": ["train.routing=dfs", "train.dfs_beta=0.5"],
     "EMGNet multi-scale (5×5 share {0, 0.5})": ["space.ratios=[0.0, 0.5]"],
     "EMGNet dynamic gate": ["space.gate=emg"],
@@ -71,6 +72,8 @@ WHAT = {
     "self-distill": "exits distilled from the subnet's deepest exit",
     "boost": "BoostNet: exit k learns f_k + detach(F_{k-1})",
     "ztw": "Zero Time Waste cascade: f_k + W_k detach(F_{k-1})",
+    "ztw + ensemble": "the cascade, and ZTW's geometric ensemble of exits 0..k fitted per subnet on 1,000 "
+                      "training images",
     "dfs (β 0.5)": "Deep Feature Surgery partition + detached referencing at exits",
     "EMGNet multi-scale (5×5 share {0, 0.5})": "5×5 kernels whose centre is the 3×3, half the channels at the "
                                                "largest subnet, instead of 3×3 only",

@@ -36,6 +36,7 @@ class SpaceConfig:
     heads: tuple[str, ...] = ("linear", "msdnet")
     combine: str = "none"
     gate: str = "none"
+    ensemble: str = "none"
 
     def options(self) -> dict[str, Any]:
         """Keyword options of the space factory."""

@@ -12,11 +12,12 @@ __all__ = ["all_registries"]
 def all_registries() -> list[tuple[str, Registry[Any]]]:
     from exitnas.data import DATASETS
     from exitnas.search import EXIT_RULES, SAMPLERS
-    from exitnas.search_space import COMBINERS, GATES, HEADS, ROUTINGS, SPACES
+    from exitnas.search_space import COMBINERS, ENSEMBLES, GATES, HEADS, ROUTINGS, SPACES
     from exitnas.training import LOSSES
 
     return [("search spaces", SPACES), ("exit heads", HEADS),
-            ("exit combiners (space.combine)", COMBINERS), ("feature routings (train.routing)", ROUTINGS),
+            ("exit combiners (space.combine)", COMBINERS),
+            ("exit ensembles (space.ensemble)", ENSEMBLES), ("feature routings (train.routing)", ROUTINGS),
             ("multi-scale gates (space.gate)", GATES),
             ("losses", LOSSES), ("samplers", SAMPLERS),
             ("exit rules (search.exit_rule)", EXIT_RULES),

@@ -118,9 +118,13 @@ def _exit_costs(net: StaticNet, input_shape: tuple[int, int, int]) -> ExitCosts:
                 head_k += count_macs(net.combiners[k], logits, prev)
             logits = net.combiners[k](logits, prev)
         prev = logits
-        head_total += head_k
         parts = (net.segments[k], net.heads[k], net.combiners[k])
         param_total += sum(p.numel() for m in parts for p in m.parameters())
+        if net.ensemble is not None:  # Σ_{i≤k} w_ki · log p_i: (k + 1) · C multiply-adds
+            classes = int(logits.shape[1])
+            head_k += (k + 1) * classes
+            param_total += k + 1 + classes  # row k of the weights, exit k's biases
+        head_total += head_k
         backbone.append(seg_total)
         head.append(head_k)
         macs.append(seg_total + head_total)

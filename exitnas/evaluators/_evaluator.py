@@ -12,11 +12,12 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from exitnas.data import ImageSplits
+from exitnas.data import ImageSplits, normalize
 from exitnas.evaluators._cache import ExitCache, ExitCacheStore, build_exit_cache
 from exitnas.evaluators._cost import ExitCosts, exit_costs
 from exitnas.evaluators._recalibrate import recalibrated_subnet
-from exitnas.search_space import ArchConfig, StaticNet, Supernet
+from exitnas.search_space import ArchConfig, StaticNet, Supernet, fit_ensemble
+from exitnas.search_space._routing import routed_forward
 
 __all__ = ["Evaluator", "weights_digest"]
 
@@ -24,6 +25,24 @@ SPLITS = ("train", "val", "test")
 #: Training images (from the recalibration subset) in the "train" exit cache, for rules that
 #: need exit statistics on training data (the bag-of-features exit rule).
 TRAIN_CACHE_IMAGES = 1000
+
+
+@torch.no_grad()
+def fit_subnet_ensemble(net: StaticNet, images: torch.Tensor, labels: torch.Tensor, mean: tuple[float, ...],
+                        std: tuple[float, ...], batch_size: int = 500, device: torch.device | str = "cpu") -> None:
+    """Fit ``net``'s exit ensemble (if it has one) to its exits on training ``images`` (uint8)."""
+    if net.ensemble is None:
+        return
+    was_training = net.training
+    net.eval()
+    outs: list[list[torch.Tensor]] = []
+    for i in range(0, len(images), batch_size):
+        x = normalize(images[i : i + batch_size].to(device), mean, std)
+        outs.append(routed_forward(net, x, "shared", 0.5))  # the exits, before the ensemble
+    logits = [torch.cat([o[k] for o in outs]) for k in range(net.num_exits)]
+    torch.manual_seed(0)
+    fit_ensemble(net.ensemble, logits, labels.to(device))
+    net.train(was_training)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -77,10 +96,14 @@ class Evaluator:
         self.forward_passes = 0  # subnets built and run (a threshold-only change adds none)
 
     def subnet(self, arch: ArchConfig) -> StaticNet:
-        """``to_static(arch)`` with recalibrated BatchNorm, in eval mode."""
+        """``to_static(arch)`` with recalibrated BatchNorm, in eval mode; its exit ensemble,
+        if the space has one, fitted on the "train" images."""
         self.space.validate(arch)
-        return recalibrated_subnet(self.supernet, arch, self.recal_x, self.splits.mean, self.splits.std,
-                                   self.batch_size, self.device)
+        net = recalibrated_subnet(self.supernet, arch, self.recal_x, self.splits.mean, self.splits.std,
+                                  self.batch_size, self.device)
+        x, y = self._split("train")
+        fit_subnet_ensemble(net, x, y, self.splits.mean, self.splits.std, self.batch_size, self.device)
+        return net
 
     def costs(self, arch: ArchConfig, net: StaticNet | None = None) -> ExitCosts:
         """Per-exit cumulative MACs and parameters (memoised by arch)."""

@@ -37,7 +37,7 @@ from exitnas.evaluators._runtime import (
     deploy,
     deploy_early_exit,
 )
-from exitnas.search_space import ArchConfig, SearchSpace, StaticNet, Supernet
+from exitnas.search_space import ArchConfig, GeometricEnsemble, SearchSpace, StaticNet, Supernet
 
 __all__ = ["LUT_FORMAT", "RUNTIME", "LatencyTable", "profile_space", "time_call"]
 
@@ -283,12 +283,10 @@ def _time_early_exit(space: SearchSpace, device: torch.device, warmup: int, repe
 def _identity_net(space: SearchSpace, n: int) -> StaticNet:
     segments: list[nn.Module] = [nn.Identity() for _ in range(n)]
     heads: list[nn.Module] = [_Logits() for _ in range(n)]
-    combine = getattr(space, "combine", "none")
-    if combine == "none":
-        return StaticNet(segments, heads)
     from exitnas.search_space._combine import COMBINERS
 
     # The combiner runs at every exit but the first (see search_space/_combine.py).
     combiners = [COMBINERS.get("none")(space.num_classes)]
-    combiners += [COMBINERS.get(combine)(space.num_classes) for _ in range(n - 1)]
-    return StaticNet(segments, heads, combiners)  # type: ignore[call-arg]
+    combiners += [COMBINERS.get(space.combine)(space.num_classes) for _ in range(n - 1)]
+    ensemble = GeometricEnsemble(n, space.num_classes) if space.ensemble == "geometric" else None
+    return StaticNet(segments, heads, combiners, ensemble)

@@ -137,7 +137,8 @@ class EarlyExitRuntime(nn.Module):
     bookkeeping a batch needs (which samples left, gathering their logits), 50 µs per early
     leave and 12 µs per image on the benchmark's CPU. Both give the same exits and logits
     (a test checks). That loop runs only heads whose logits are the exit's (every combiner
-    ``none``); a net whose exits combine takes ``StaticNet.early_exit`` at every batch size.
+    ``none``, no ensemble); a net whose exits combine takes ``StaticNet.early_exit`` at
+    every batch size.
     """
 
     def __init__(self, net: nn.Module, thresholds: list[float], kind: str = "maxprob") -> None:
@@ -146,7 +147,8 @@ class EarlyExitRuntime(nn.Module):
         self.kind = kind
         self.register_buffer("thresholds", torch.tensor(thresholds, dtype=torch.float32))
         combiners = getattr(net, "combiners", [])
-        self.single_loop = all(isinstance(c, NoCombine) for c in combiners)
+        self.single_loop = (all(isinstance(c, NoCombine) for c in combiners)
+                            and getattr(net, "ensemble", None) is None)
 
     def _run(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.single_loop and x.shape[0] == 1:

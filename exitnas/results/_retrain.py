@@ -21,6 +21,7 @@ from exitnas.evaluators import (
     exit_costs,
     fit_budgeted_thresholds,
 )
+from exitnas.evaluators._evaluator import TRAIN_CACHE_IMAGES, fit_subnet_ensemble
 from exitnas.evaluators._protocols import DEFAULT_P_SWEEP
 from exitnas.results._export import ExportResult, write_export
 from exitnas.results._model import load_export
@@ -134,6 +135,9 @@ def retrain_export(arch_json: str | Path, out: str | Path, *, scratch: bool = Tr
                 break
     bar.close()
     net.eval()
+    # An exit ensemble is fitted after the exits are trained, on training images (as the evaluator does).
+    pick = torch.randperm(len(splits.train_x), generator=torch.Generator().manual_seed(seed))[:TRAIN_CACHE_IMAGES]
+    fit_subnet_ensemble(net, splits.train_x[pick], splits.train_y[pick], splits.mean, splits.std, device=device)
 
     costs = exit_costs(net.cpu(), tuple(splits.train_x.shape[1:]))
     net.to(device)

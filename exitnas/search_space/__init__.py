@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from exitnas.search_space._arch import ARCH_FORMAT_VERSION, ArchConfig
 from exitnas.search_space._combine import COMBINERS
+from exitnas.search_space._ensemble import ENSEMBLES, GeometricEnsemble, fit_ensemble
 from exitnas.search_space._gate import GATES, GatedMultiScaleConv2d, RingMacs
 from exitnas.search_space._heads import HEADS, ElasticHead
 from exitnas.search_space._routing import ROUTINGS
@@ -15,6 +16,9 @@ __all__ = [
     "ARCH_FORMAT_VERSION",
     "ArchConfig",
     "COMBINERS",
+    "ENSEMBLES",
+    "GeometricEnsemble",
+    "fit_ensemble",
     "GATES",
     "GatedMultiScaleConv2d",
     "RingMacs",

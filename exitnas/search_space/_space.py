@@ -11,6 +11,7 @@ from exitnas._errors import UserError
 from exitnas._registry import Registry
 from exitnas.search_space._arch import ArchConfig
 from exitnas.search_space._combine import COMBINERS
+from exitnas.search_space._ensemble import ENSEMBLES
 from exitnas.search_space._gate import GATES
 from exitnas.search_space._heads import HEADS
 
@@ -35,6 +36,8 @@ class SearchSpace:
             see ``_combine``); one choice for the whole space, fixed at training.
         gate: ``emg`` lets a per-sample gate grow each 3×3 channel to 5×5 (EMGNet's dynamic
             mode, see ``_gate``); ``none`` keeps the searched static split.
+        ensemble: ``geometric`` gives every subnet Zero Time Waste's ensemble of its exits,
+            fitted per subnet on training images (see ``_ensemble``); ``none`` does not.
     """
 
     name: str
@@ -48,6 +51,7 @@ class SearchSpace:
     head_choices: tuple[str, ...]
     combine: str = "none"
     gate: str = "none"
+    ensemble: str = "none"
 
     def __post_init__(self) -> None:
         if len(self.channels) != len(self.strides):
@@ -65,6 +69,7 @@ class SearchSpace:
             HEADS.get(h)
         COMBINERS.get(self.combine)
         GATES.get(self.gate)
+        ENSEMBLES.get(self.ensemble)
 
     # -- shape ---------------------------------------------------------------------------
     @property
@@ -191,12 +196,13 @@ def msr_resnet(
     heads: tuple[str, ...] = ("linear", "msdnet"),
     combine: str = "none",
     gate: str = "none",
+    ensemble: str = "none",
 ) -> SearchSpace:
     """The default space for small images (CIFAR's 32×32; stages halve the resolution)."""
     strides = strides or (1,) + (2,) * (len(channels) - 1)
     return SearchSpace("msr-resnet", in_channels, num_classes, tuple(channels), tuple(strides),
                        tuple(depths), tuple(float(w) for w in widths), tuple(float(r) for r in ratios),
-                       tuple(heads), combine, gate)
+                       tuple(heads), combine, gate, ensemble)
 
 
 def build_space(name: str, *, in_channels: int, num_classes: int, **options: Any) -> SearchSpace:

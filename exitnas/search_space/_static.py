@@ -32,13 +32,15 @@ class StaticNet(nn.Module):
     """A subnet as ``segments[k]`` (blocks up to exit k) and ``heads[k]``.
 
     ``combiners[k](f_k, F_{k-1})`` turns head k's output into exit k's logits (see
-    ``_combine``; the identity unless the space boosts or cascades its exits).
-    ``forward`` returns every exit's logits (for training and for checking against the
-    supernet); ``early_exit`` stops at the first exit confident enough.
+    ``_combine``; the identity unless the space boosts or cascades its exits). An
+    ``ensemble`` (``_ensemble``, Zero Time Waste) then replaces exit k's logits by its
+    weighted product of exits 0..k. ``forward`` returns every exit's logits (for training
+    and for checking against the supernet); ``early_exit`` stops at the first exit
+    confident enough.
     """
 
     def __init__(self, segments: List[nn.Module], heads: List[nn.Module],
-                 combiners: Optional[List[nn.Module]] = None) -> None:
+                 combiners: Optional[List[nn.Module]] = None, ensemble: Optional[nn.Module] = None) -> None:
         super().__init__()
         if len(segments) != len(heads):
             raise ValueError("one segment per exit")
@@ -48,6 +50,7 @@ class StaticNet(nn.Module):
         self.segments = nn.ModuleList(segments)
         self.heads = nn.ModuleList(heads)
         self.combiners = nn.ModuleList(combiners)
+        self.ensemble = ensemble
 
     @property
     def num_exits(self) -> int:
@@ -55,6 +58,7 @@ class StaticNet(nn.Module):
 
     def forward(self, x: Tensor) -> List[Tensor]:
         outs: List[Tensor] = []
+        logp: List[Tensor] = []
         prev = torch.empty([0])
         k = 0
         for seg, head, combine in zip(self.segments, self.heads, self.combiners):
@@ -62,8 +66,11 @@ class StaticNet(nn.Module):
             logits = head(x)
             if k > 0:
                 logits = combine(logits, prev)
-            outs.append(logits)
             prev = logits
+            if self.ensemble is not None:
+                logp.append(torch.log_softmax(logits, 1))
+                logits = self.ensemble(logp, k)
+            outs.append(logits)
             k += 1
         return outs
 
@@ -85,6 +92,7 @@ class StaticNet(nn.Module):
             exit_out = torch.full([n], last, dtype=torch.long, device=x.device)
             logits_out = torch.empty([0])
             prev = torch.empty([0])
+            logp: List[Tensor] = []
             k = 0
             done = False
             # No `break`: TorchScript unrolls loops over ModuleLists and forbids it there.
@@ -95,6 +103,9 @@ class StaticNet(nn.Module):
                     if k > 0:
                         logits = combine(logits, prev)
                     prev = logits
+                    if self.ensemble is not None:
+                        logp.append(torch.log_softmax(logits, 1))
+                        logits = self.ensemble(logp, k)
                     if k == 0:
                         logits_out = torch.zeros([n, logits.shape[1]], dtype=logits.dtype, device=logits.device)
                     if k == last:
@@ -109,7 +120,8 @@ class StaticNet(nn.Module):
                             stay = torch.logical_not(leave)
                             idx = idx[stay]
                             x = x[stay]
-                            prev = logits[stay]
+                            prev = prev[stay]
+                            logp = [lp[stay] for lp in logp]
                             done = idx.numel() == 0
                 k += 1
             return logits_out, exit_out

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from exitnas.search_space._arch import ArchConfig
 from exitnas.search_space._combine import COMBINERS, NoCombine
+from exitnas.search_space._ensemble import GeometricEnsemble
 from exitnas.search_space._heads import HEADS
 from exitnas.search_space._ops import (
     ElasticBatchNorm2d,
@@ -143,7 +144,8 @@ class Supernet(nn.Module):
                     combiners.append(self.combiners[_key(s, b)].to_static() if combiners else NoCombine())
                     segments.append([])
         segments.pop()  # the final exit is the last block: nothing runs after it
-        net = StaticNet([nn.Sequential(*seg) for seg in segments], heads, combiners)
+        ensemble = GeometricEnsemble(len(heads), sp.num_classes) if sp.ensemble == "geometric" else None
+        net = StaticNet([nn.Sequential(*seg) for seg in segments], heads, combiners, ensemble)
         return net.train(self.training)
 
 

@@ -24,11 +24,12 @@ def optuna_trials(cfg):  # type: ignore[no-untyped-def]
     return optuna.load_study(study_name=cfg.search.study, storage=cfg.search.storage).get_trials()
 
 
-@pytest.mark.parametrize(("combine", "gate"), [("boost", "none"), ("ztw", "none"), ("none", "emg")])
-def test_options_train_search_export_and_load(tmp_path: Path, combine: str, gate: str) -> None:
+@pytest.mark.parametrize(("combine", "gate", "ensemble"),
+                         [("boost", "none", "none"), ("ztw", "none", "geometric"), ("none", "emg", "none")])
+def test_options_train_search_export_and_load(tmp_path: Path, combine: str, gate: str, ensemble: str) -> None:
     cfg = load_config(None, [
         "space.channels=[8, 16]", "space.depths=[1, 2]", "space.widths=[1.0]", "space.ratios=[0.0, 1.0]",
-        "space.heads=[linear, bof]", f"space.combine={combine}", f"space.gate={gate}",
+        "space.heads=[linear, bof]", f"space.combine={combine}", f"space.gate={gate}", f"space.ensemble={ensemble}",
         "train.routing=dfs", "train.dfs_beta=0.25", "train.loss=self-distill",
         "train.epochs=0.5", "train.batch_size=64", "train.sandwich_random=1", "train.device=cpu",
         "train.progress=false", f"train.out={tmp_path / 'run'}",
@@ -62,6 +63,9 @@ def test_options_train_search_export_and_load(tmp_path: Path, combine: str, gate
     assert np.all(np.asarray(trial.user_attrs["exit_mmacs"]) >= base - 1e-9)
     if gate == "emg":
         assert any("theta" in k for k in supernet.state_dict())
+    if ensemble == "geometric":  # fitted, so no longer the identity it starts as
+        assert model.net.ensemble is not None
+        assert not torch.equal(model.net.ensemble.weight, torch.eye(model.net.num_exits))
     # Retraining keeps the options: DFS routing, the combiner, the gate and its cost.
     re = retrain_export(result.arch_json, tmp_path / "re", scratch=False, epochs=0.3, progress=False)
     assert re.val_expected_mmacs <= meta["metrics"]["val"]["expected_mmacs"] + 1e-9
