@@ -53,6 +53,7 @@ HEADING = "## bench_options: the literature's early-exit options against the pla
 OPTIONS: dict[str, list[str]] = {
     "plain": [],
     "plain, seed 1": ["train.seed=1"],
+    "plain, sampled exit sets": ["train.exit_sets=sampled"],
     "msdnet head": ["space.heads=[msdnet]"],
     "bof head": ["space.heads=[bof]"],
     "self-distill": ["train.loss=self-distill"],
@@ -66,6 +67,8 @@ OPTIONS: dict[str, list[str]] = {
 WHAT = {
     "plain": "linear heads, independent exits, shared features, CE at every exit, 3×3 convs, per-exit thresholds",
     "plain, seed 1": "the plain option again with another seed: the run-to-run spread",
+    "plain, sampled exit sets": "plain, but each sandwich subnet trains a random exit set (as boost and ztw do), "
+                                "not an exit at every block: separates the combiners from their training",
     "msdnet head": "MSDNet's conv exit head (Huang et al. 2018)",
     "bof head": "bag-of-features exit head (Passalis et al. 2020)",
     "bof-rule": "plain supernet; BoF exit rule: one β × each exit's mean training confidence",

@@ -66,6 +66,7 @@ class TrainConfig:
     routing: str = "shared"
     dfs_beta: float = 0.5
     gate_cost: float = 0.1
+    exit_sets: str = "auto"
     augment: bool = True
     crop_pad: int | None = None
     flip: bool | None = None

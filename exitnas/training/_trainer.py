@@ -62,21 +62,26 @@ def space_for(cfg: ExperimentConfig, splits: ImageSplits) -> SearchSpace:
                        **cfg.space.options())
 
 
-def sandwich_archs(space: SearchSpace, k: int, seed: int, step: int) -> list[ArchConfig]:
-    """Largest, smallest and ``k`` random subnets for ``step``, each with an exit at every block.
+#: ``train.exit_sets``: which exits each sampled subnet trains.
+EXIT_SETS = ("auto", "all", "sampled")
 
-    Exits do not change the backbone, so training every block end's head in every sampled
-    subnet costs little and trains every candidate exit. Head types are drawn per exit.
-    Seeded by (seed, step): every rank, and a resumed run, samples the same subnets.
 
-    When exits are combined (``space.combine`` boost or ztw), exit k learns to correct the
-    exits before it, so every subnet gets a random exit set instead, drawn as the search
-    draws them: with an exit at every block, exit k would learn to correct a chain of
-    block-end exits that no searched arch has.
+def sandwich_archs(space: SearchSpace, k: int, seed: int, step: int, exit_sets: str = "auto") -> list[ArchConfig]:
+    """Largest, smallest and ``k`` random subnets for ``step``, with their exits.
+
+    ``all``: an exit at every block. Exits do not change the backbone, so training every
+    block end's head in every sampled subnet costs little and trains every candidate exit.
+    ``sampled``: a random exit set per subnet, drawn as the search draws them. ``auto`` is
+    ``sampled`` when exits are combined (``space.combine`` boost or ztw: exit k learns to
+    correct the exits before it, and with an exit at every block it would learn to correct
+    a chain of block-end exits that no searched arch has), else ``all``. Head types are
+    drawn per exit. Seeded by (seed, step): every rank, and a resumed run, samples the same.
     """
+    if exit_sets not in EXIT_SETS:
+        raise UserError(f"train.exit_sets {exit_sets!r} is not one of {', '.join(EXIT_SETS)}")
     rng = random.Random(seed * 1_000_003 + step)
     archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(k)]
-    if space.combine != "none":
+    if exit_sets == "sampled" or (exit_sets == "auto" and space.combine != "none"):
         return [space.with_random_exits(a, rng) for a in archs]
     return [space.with_all_exits(a.replace(exits=a.exits[-1:], heads=a.heads[-1:]), rng) for a in archs]
 
@@ -115,6 +120,8 @@ def train_supernet(
     ROUTINGS.get(tc.routing)
     if not 0 < tc.dfs_beta < 1:
         raise UserError(f"train.dfs_beta must lie in (0, 1), got {tc.dfs_beta}")
+    if tc.exit_sets not in EXIT_SETS:
+        raise UserError(f"train.exit_sets {tc.exit_sets!r} is not one of {', '.join(EXIT_SETS)}")
     if tc.gate_cost < 0:
         raise UserError(f"train.gate_cost must be >= 0, got {tc.gate_cost}")
     info = init_distributed("cuda" if resolve_device(tc.device).type == "cuda" else "cpu")
@@ -170,7 +177,7 @@ def train_supernet(
             opt.zero_grad(set_to_none=True)
             teacher = None
             step_loss = 0.0
-            for i, arch in enumerate(sandwich_archs(space, tc.sandwich_random, tc.seed, step)):
+            for i, arch in enumerate(sandwich_archs(space, tc.sandwich_random, tc.seed, step, tc.exit_sets)):
                 with amp:
                     gate_use: list[tuple[torch.Tensor, float]] = []
                     logits = model(x, arch, tc.routing, tc.dfs_beta, gate_use)

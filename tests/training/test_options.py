@@ -84,6 +84,8 @@ def test_bad_option_names_are_one_line_errors(tmp_path: Path) -> None:
     cfg = load_config(None, ["train.dfs_beta=1.5", f"train.out={tmp_path}", "train.progress=false"])
     with pytest.raises(UserError, match="dfs_beta"):
         train_supernet(cfg, splits=splits)
-    cfg = load_config(None, ["train.gate_cost=-1", f"train.out={tmp_path}", "train.progress=false"])
-    with pytest.raises(UserError, match="gate_cost"):
-        train_supernet(cfg, splits=splits)
+    for bad, word in [("train.gate_cost=-1", "gate_cost"), ("train.exit_sets=most", "exit_sets")]:
+        cfg = load_config(None, [bad, f"train.out={tmp_path}", "train.progress=false"])
+        with pytest.raises(UserError, match=word):
+            train_supernet(cfg, splits=splits)
+        assert not (tmp_path / "supernet.pt").exists()

@@ -208,6 +208,13 @@ def test_sandwich_exit_sets_follow_the_combiner() -> None:
             assert a.exits[-1] == a.block_positions()[-1]
             assert set(a.exits) <= set(a.block_positions())
             assert len(a.heads) == len(a.exits)
+    # Chosen explicitly: sampled sets for independent exits too, every block for combined ones.
+    for step in range(5):
+        assert [a.exits for a in sandwich_archs(plain, 2, 0, step, "sampled")] == \
+            [a.exits for a in sandwich_archs(boost, 2, 0, step)]
+        assert all(list(a.exits) == a.block_positions() for a in sandwich_archs(boost, 2, 0, step, "all"))
+    with pytest.raises(UserError, match="exit_sets"):
+        sandwich_archs(plain, 2, 0, 0, "some")
     sets = {a.exits for step in range(20) for a in sandwich_archs(boost, 2, 0, step)}
     assert len(sets) > 5
     assert any(len(a.exits) < len(a.block_positions()) for s in range(20) for a in sandwich_archs(boost, 2, 0, s))
