@@ -16,7 +16,7 @@ so the MACs of a sample depend on the sample; the evaluators count them per samp
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -115,7 +115,29 @@ def gated_modules(module: nn.Module) -> List[GatedMultiScaleConv2d]:
     return [m for m in module.modules() if isinstance(m, GatedMultiScaleConv2d)]
 
 
-class RingMacs:
+W = TypeVar("W", bound="_Watch")
+
+
+class _Watch:
+    """Forward hooks on gated convs while a ``with`` block is open."""
+
+    def __init__(self) -> None:
+        self._handles: List[torch.utils.hooks.RemovableHandle] = []
+
+    def _register(self) -> List[torch.utils.hooks.RemovableHandle]:
+        raise NotImplementedError
+
+    def __enter__(self: W) -> W:
+        self._handles = self._register()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+class RingMacs(_Watch):
     """While open, forward passes over ``segments`` record each sample's ring MACs per segment.
 
     ``take(n)`` returns K×n cumulative ring MACs of the last pass (sample n leaving at exit k
@@ -123,19 +145,12 @@ class RingMacs:
     """
 
     def __init__(self, segments: List[nn.Module]) -> None:
+        super().__init__()
         self.per_segment = [gated_modules(s) for s in segments]
         self.rows: List[Optional[Tensor]] = [None] * len(segments)
-        self._handles: List[object] = []
 
-    def __enter__(self) -> "RingMacs":
-        for k, mods in enumerate(self.per_segment):
-            self._handles += [m.register_forward_hook(self._hook(k)) for m in mods]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()  # type: ignore[attr-defined]
-        self._handles = []
+    def _register(self) -> List[torch.utils.hooks.RemovableHandle]:
+        return [m.register_forward_hook(self._hook(k)) for k, mods in enumerate(self.per_segment) for m in mods]
 
     def _hook(self, k: int):  # type: ignore[no-untyped-def]
         def hook(m: GatedMultiScaleConv2d, inp: tuple[Tensor, ...], y: Tensor) -> None:
@@ -153,24 +168,18 @@ class RingMacs:
         return out.cumsum(0)
 
 
-class GateUse:
+class GateUse(_Watch):
     """While open, each training forward of the gated convs in ``module`` appends to ``use``
     (mean ring MACs switched on per sample, ring MACs of all its gated channels) for
     ``training.gate_penalty`` (the supernet reports this itself; a static net is watched)."""
 
     def __init__(self, module: nn.Module) -> None:
+        super().__init__()
         self.modules = gated_modules(module)
         self.use: List[Tuple[Tensor, float]] = []
-        self._handles: List[object] = []
 
-    def __enter__(self) -> "GateUse":
-        self._handles = [m.register_forward_hook(self._hook) for m in self.modules]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()  # type: ignore[attr-defined]
-        self._handles = []
+    def _register(self) -> List[torch.utils.hooks.RemovableHandle]:
+        return [m.register_forward_hook(self._hook) for m in self.modules]
 
     def _hook(self, m: GatedMultiScaleConv2d, inp: Tuple[Tensor, ...], y: Tensor) -> None:
         y3 = F.conv2d(inp[0], m.weight[:, :, 1:4, 1:4], None, m.stride, 1)
