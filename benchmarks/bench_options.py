@@ -54,6 +54,7 @@ OPTIONS: dict[str, list[str]] = {
     "plain": [],
     "plain, seed 1": ["train.seed=1"],
     "plain, sampled exit sets": ["train.exit_sets=sampled"],
+    "plain, sampled exit sets, seed 1": ["train.exit_sets=sampled", "train.seed=1"],
     "msdnet head": ["space.heads=[msdnet]"],
     "bof head": ["space.heads=[bof]"],
     "self-distill": ["train.loss=self-distill"],
@@ -69,6 +70,7 @@ WHAT = {
     "plain, seed 1": "the plain option again with another seed: the run-to-run spread",
     "plain, sampled exit sets": "plain, but each sandwich subnet trains a random exit set (as boost and ztw do), "
                                 "not an exit at every block: separates the combiners from their training",
+    "plain, sampled exit sets, seed 1": "the same with another seed",
     "msdnet head": "MSDNet's conv exit head (Huang et al. 2018)",
     "bof head": "bag-of-features exit head (Passalis et al. 2020)",
     "bof-rule": "plain supernet; BoF exit rule: one β × each exit's mean training confidence",
@@ -80,7 +82,7 @@ WHAT = {
     "dfs (β 0.5)": "Deep Feature Surgery partition + detached referencing at exits",
     "EMGNet multi-scale (5×5 share {0, 0.5})": "5×5 kernels whose centre is the 3×3, half the channels at the "
                                                "largest subnet, instead of 3×3 only",
-    "EMGNet dynamic gate": "3×3 convs whose channels a per-sample gate grows to 5×5 (train.gate_cost 0.1); "
+    "EMGNet dynamic gate": "3×3 convs whose channels a per-sample gate grows to 5×5 (train.gate_cost 1.0); "
                            "each test image is charged its own MACs",
 }
 BUDGET_SHARES = (0.4, 0.7, 1.0)  # of the plain layout's full-depth MACs

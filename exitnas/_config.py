@@ -65,7 +65,7 @@ class TrainConfig:
     loss: str = "plain"
     routing: str = "shared"
     dfs_beta: float = 0.5
-    gate_cost: float = 0.1
+    gate_cost: float = 1.0
     exit_sets: str = "auto"
     augment: bool = True
     crop_pad: int | None = None
