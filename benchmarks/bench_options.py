@@ -64,6 +64,7 @@ OPTIONS: dict[str, list[str]] = {
     "dfs (β 0.5)": ["train.routing=dfs", "train.dfs_beta=0.5"],
     "EMGNet multi-scale (5×5 share {0, 0.5})": ["space.ratios=[0.0, 0.5]"],
     "EMGNet dynamic gate": ["space.gate=emg"],
+    "EMGNet dynamic gate, cost 0.3": ["space.gate=emg", "train.gate_cost=0.3"],
 }
 WHAT = {
     "plain": "linear heads, independent exits, shared features, CE at every exit, 3×3 convs, per-exit thresholds",
@@ -84,6 +85,7 @@ WHAT = {
                                                "largest subnet, instead of 3×3 only",
     "EMGNet dynamic gate": "3×3 convs whose channels a per-sample gate grows to 5×5 (train.gate_cost 1.0); "
                            "each test image is charged its own MACs",
+    "EMGNet dynamic gate, cost 0.3": "the same with train.gate_cost 0.3",
 }
 BUDGET_SHARES = (0.4, 0.7, 1.0)  # of the plain layout's full-depth MACs
 P_GRID = tuple(np.round(np.geomspace(0.02, 8.0, 160), 5))
