@@ -40,8 +40,7 @@ def fit_subnet_ensemble(net: StaticNet, images: torch.Tensor, labels: torch.Tens
         x = normalize(images[i : i + batch_size].to(device), mean, std)
         outs.append(routed_forward(net, x, "shared", 0.5))  # the exits, before the ensemble
     logits = [torch.cat([o[k] for o in outs]) for k in range(net.num_exits)]
-    torch.manual_seed(0)
-    fit_ensemble(net.ensemble, logits, labels.to(device))
+    fit_ensemble(net.ensemble, logits, labels.to(device))  # full-batch Adam: no randomness
     net.train(was_training)
 
 
