@@ -175,13 +175,13 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or "cpu"
 
 
-@torch.no_grad()
 def _check_static(space: SearchSpace) -> None:
     if space.gate != "none":
         raise UserError(f"latency tables time fixed blocks, but space.gate {space.gate!r} changes a block's "
                         "cost per input; search space.gate emg with search.objective macs")
 
 
+@torch.no_grad()
 def profile_space(space: SearchSpace, image_size: int, device: torch.device, *, warmup: int = 10,
                   repeats: int = 30, inner: int = 5, progress: bool = True, calibration_archs: int = 8) -> LatencyTable:
     """Measure every block choice, stem, head and the exit decision of ``space`` at batch size 1,

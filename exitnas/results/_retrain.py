@@ -115,24 +115,25 @@ def retrain_export(arch_json: str | Path, out: str | Path, *, scratch: bool = Tr
     bar = tqdm(total=total, desc="retrain" + (" (scratch)" if scratch else " (fine-tune)"), unit="step",
                disable=not progress, dynamic_ncols=True)
     step = 0
-    gates = GateUse(net)  # a gated net pays train.gate_cost for the rings it switches on
-    while step < total:
-        for x, y in loader.epoch(step // spe, step % spe):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, warmup, base_lr)
-            with amp, gates:
-                loss = loss_fn(routed_forward(net, x, tc.routing, tc.dfs_beta), y, None, 0.0, tc.label_smoothing)
-                use = gates.take()
-                if use:
-                    loss = loss + tc.gate_cost * gate_penalty(use)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            if step >= total:
-                break
+    with GateUse(net) as gates:  # a gated net pays train.gate_cost for the rings it switches on
+        while step < total:
+            for x, y in loader.epoch(step // spe, step % spe):
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, total, warmup, base_lr)
+                with amp:
+                    loss = loss_fn(routed_forward(net, x, tc.routing, tc.dfs_beta), y, None, 0.0,
+                                   tc.label_smoothing)
+                    use = gates.take()
+                    if use:
+                        loss = loss + tc.gate_cost * gate_penalty(use)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                if step >= total:
+                    break
     bar.close()
     net.eval()
     # An exit ensemble is fitted after the exits are trained, on training images (as the evaluator does).

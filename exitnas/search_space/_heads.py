@@ -103,7 +103,7 @@ class _BoFStatic(nn.Module):
 
     def histogram(self, x: Tensor) -> Tensor:
         """N×K: the share of positions assigned to each codeword (each row sums to 1)."""
-        return torch.softmax(self.codewords(x) * self.log_scale.exp(), dim=1).mean(dim=(2, 3))
+        return _bof(self.codewords(x), self.log_scale) / self.codewords.out_channels
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(_bof(self.codewords(x), self.log_scale))

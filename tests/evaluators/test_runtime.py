@@ -68,24 +68,14 @@ def test_deployed_net_matches_at_every_exit(space, supernet, which: str) -> None
     assert "batch_norm" not in deployed.code  # folded (and frozen: no submodule calls left)
 
 
-def _mid_gap(conf: torch.Tensor) -> torch.Tensor:
-    """A threshold near the median but in the widest gap between the middle confidences, so
-    folding BatchNorm (outputs equal up to ~1e-6) cannot move a sample across it."""
-    c = conf.sort().values
-    n = len(c)
-    lo, hi = n // 4, 3 * n // 4
-    i = lo + int((c[lo + 1 : hi + 1] - c[lo:hi]).argmax())
-    return (c[i] + c[i + 1]) / 2
-
-
-def test_deployed_early_exit_matches_the_plain_one(space, supernet) -> None:  # type: ignore[no-untyped-def]
+def test_deployed_early_exit_matches_the_plain_one(space, supernet, mid_gap) -> None:  # type: ignore[no-untyped-def]
     net = supernet.to_static(space.validate(_arch(space))).eval()
     x = torch.rand(64, 3, 16, 16)
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     xn = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
     with torch.no_grad():
         conf = torch.stack([torch.softmax(z, -1).max(-1).values for z in net(xn)])
-        thresholds = torch.stack([_mid_gap(c) for c in conf[:-1]])  # about half leave at each exit
+        thresholds = torch.stack([mid_gap(c) for c in conf[:-1]])  # about half leave at each exit
         ref_logits, ref_exit = net.early_exit(xn, thresholds)
         model = deploy_early_exit(net, thresholds.tolist(), mean=mean, std=std)
         got_logits, got_exit = model(x)  # a batch: StaticNet.early_exit's bookkeeping

@@ -24,6 +24,14 @@ def _gated(c_in: int = 3, c5: int = 2, c3: int = 5, seed: int = 0) -> GatedMulti
     return m.eval()
 
 
+def _fill_theta(net: torch.nn.Module, value: float) -> None:
+    """Every gate threshold of ``net`` set to ``value``."""
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("theta"):
+                p.fill_(value)
+
+
 def _space(**kw):  # type: ignore[no-untyped-def]
     opts = dict(channels=(8, 16), depths=(1, 2), widths=(0.5, 1.0), ratios=(0.0, 0.5), heads=("linear",), gate="emg")
     opts.update(kw)
@@ -117,10 +125,7 @@ def test_exit_cache_counts_each_samples_rings() -> None:
     space = _space(ratios=(0.0,))
     net = Supernet(space).eval()
     arch = space.largest()
-    with torch.no_grad():  # thresholds that switch some gates on and some off
-        for name, p in net.named_parameters():
-            if name.endswith("theta"):
-                p.fill_(0.3)
+    _fill_theta(net, 0.3)  # thresholds that switch some gates on and some off
     static = net.to_static(arch).eval()
     images = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8)
     labels = torch.randint(0, 10, (12,))
@@ -132,10 +137,7 @@ def test_exit_cache_counts_each_samples_rings() -> None:
     assert 0 < cache.extra_macs[-1].min() < cache.extra_macs[-1].max()  # the cost depends on the sample
 
     # Every gate on: base + rings = the static all-5×5 subnet's MACs, plus the gates' means.
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("theta"):
-                p.fill_(-1e9)
+    _fill_theta(net, -1e9)
     on = net.to_static(arch).eval()
     full = build_exit_cache(on, arch, images, labels, (0.5,) * 3, (0.25,) * 3, costs.macs)
     five = _space(ratios=(1.0,), gate="none")
@@ -189,20 +191,17 @@ def test_cache_keeps_extra_macs_on_disk(tmp_path) -> None:  # type: ignore[no-un
     np.testing.assert_array_equal(ExitCache.load(tmp_path / "c.npz").extra_macs, [[1.0, 2.0]])
 
 
-def test_deployed_gated_net_exits_as_the_eager_one() -> None:
+def test_deployed_gated_net_exits_as_the_eager_one(mid_gap) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     space = _space()
     net = Supernet(space).eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("theta"):
-                p.fill_(0.3)
+    _fill_theta(net, 0.3)
     arch = space.largest()
     static = net.to_static(arch).eval()
     x = torch.randn(16, 3, 16, 16)
     with torch.no_grad():
         conf = [F.softmax(z, 1).max(1).values for z in static(x)]
-    thr = [float(c.median()) + 1e-4 for c in conf[:-1]]
+    thr = [float(mid_gap(c)) for c in conf[:-1]]
     deployed = deploy_early_exit(static, thr)
     want_logits, want_exit = static.early_exit(x, torch.tensor(thr))
     got_logits, got_exit = deployed(x)
@@ -219,10 +218,7 @@ def test_a_trace_of_a_gated_net_follows_each_input(tmp_path) -> None:  # type: i
     torch.manual_seed(0)
     space = _space()
     net = Supernet(space).eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("theta"):
-                p.fill_(0.3)
+    _fill_theta(net, 0.3)
     static = net.to_static(space.largest()).eval()
     quiet, loud = torch.zeros(1, 3, 16, 16), torch.randn(4, 3, 16, 16) * 3
     class Last(torch.nn.Module):
