@@ -245,8 +245,9 @@ def targets(info: dict[str, Any]) -> list[dict[str, Any]]:
                                             f"{r['mmacs']:.0f} MMACs")
     else:
         ref = _reference()
-        r_acc, where = ref["test_accuracy"], (f"ResNet-18 not run here; the issue's reference {ref['test_accuracy']:.3f} "
-                                              f"({ref['device']}, {ref['epochs']} epochs)")
+        r_acc = ref["test_accuracy"]
+        where = (f"ResNet-18 not run here; the issue's reference {ref['test_accuracy']:.3f} "
+                 f"({ref['device']}, {ref['epochs']} epochs)")
     out.append({
         "target": "largest subnet ≥ ResNet-18 test accuracy (same data, same wall time)",
         "figure": f"largest subnet {static['test_accuracy']:.4f}; {where}",
@@ -319,13 +320,15 @@ def render_markdown(info: dict[str, Any]) -> str:
         if t is None:
             lines.append(f"| {name} | not run | – | – | – |")
         else:
-            lines.append(f"| {name} | {t['status']} | {t['minutes']:.2f} | {t['commands']} | {', '.join(t['devices'])} |")
+            lines.append(f"| {name} | {t['status']} | {t['minutes']:.2f} | {t['commands']} | "
+                         f"{', '.join(t['devices'])} |")
     lines.append(f"| evaluate | done | {info['evaluate_wall_s'] / 60:.2f} | 1 | {env['device']} |")
     lines += ["", "### Targets", "", "| target | figure | result |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['figure']} | **{t['verdict']}** |" for t in info["targets"]]
 
     lines += ["", f"### Best test accuracy within a MAC budget (largest subnet: {static['mmacs']:.1f} MMACs)", "",
-              "Each curve's most accurate point costing at most the budget (expected MMACs on test; no interpolation).", ""]
+              "Each curve's most accurate point costing at most the budget (expected MMACs on test; "
+              "no interpolation).", ""]
     budgets = [sh * static["mmacs"] for sh in SHARES] + [30.0]
     lines.append("| curve | " + " | ".join(f"≤ {100 * sh:.0f} % ({b:.1f})" for sh, b in zip(SHARES, budgets))
                  + " | ≤ 30 MMACs |")
@@ -395,7 +398,8 @@ def render_html(info: dict[str, Any], md: str) -> str:
     fig = go.Figure()
     for name, pts in _curves_for_table(info):
         pts = sorted(pts, key=lambda p: p["mmacs"])
-        mode = "markers" if len(pts) == 1 or name.startswith(("searched front", "random search front")) else "lines+markers"
+        fronts = ("searched front", "random search front")
+        mode = "markers" if len(pts) == 1 or name.startswith(fronts) else "lines+markers"
         fig.add_trace(go.Scatter(x=[p["mmacs"] for p in pts], y=[p["accuracy"] for p in pts], mode=mode, name=name))
     rn = info["resnet18"] or _reference()
     label = "ResNet-18 (measured)" if info["resnet18"] else "ResNet-18 (issue's reference)"

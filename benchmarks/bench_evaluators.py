@@ -31,12 +31,11 @@ from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _env import RESULTS, environment, loadavg, write_section  # noqa: E402  (benchmarks/_env.py)
 
 from exitnas.data import DataConfig, ImageSplits, load_dataset, normalize  # noqa: E402
 from exitnas.evaluators import Evaluator, ExitCache, ExitPolicy, exit_costs  # noqa: E402
 from exitnas.search_space import ArchConfig, SearchSpace, Supernet, build_space  # noqa: E402
-
-from _env import RESULTS, environment, loadavg, write_section  # noqa: E402  (benchmarks/_env.py)
 
 SECTION = "## bench_evaluators"
 

@@ -38,8 +38,8 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
-
 from _env import RESULTS, environment, loadavg, write_section  # noqa: E402
+
 from exitnas._config import ExperimentConfig, load_config  # noqa: E402
 from exitnas._storage import open_storage  # noqa: E402
 from exitnas.results import hypervolume_2d  # noqa: E402

@@ -634,7 +634,8 @@ def _export_curves(run: Run, arch_json: Path, splits: Any) -> dict[str, Any]:
                                   splits.mean, splits.std, meta["costs"]["macs"], meta.get("confidence", "maxprob"),
                                   device=run.device) for s in ("val", "test")}
     return {"budgeted_batch_test": [point_json(p) for p in budgeted_batch(caches["val"], caches["test"])],
-            "anytime_test": [point_json(p) for p in anytime(caches["test"])], "oracle_test": point_json(oracle(caches["test"]))}
+            "anytime_test": [point_json(p) for p in anytime(caches["test"])],
+            "oracle_test": point_json(oracle(caches["test"]))}
 
 
 def net_arch(meta: dict[str, Any]) -> Any:
@@ -835,7 +836,8 @@ def main(argv: list[str] | None = None) -> int:
     g = p.add_argument_group("settings, fixed on the first command into --out")
     g.add_argument("--train-minutes", type=float, help="supernet training budget (default 8)")
     g.add_argument("--resnet-minutes", type=float, help="ResNet-18 training budget (default: the supernet's)")
-    g.add_argument("--retrain-minutes", type=float, help="retraining budget of the chosen arch (default: the supernet's)")
+    g.add_argument("--retrain-minutes", type=float,
+                   help="retraining budget of the chosen arch (default: the supernet's)")
     g.add_argument("--max-epochs", type=float, help="cap on the budget-derived epochs (default none; smoke 1)")
     g.add_argument("--trials", type=int, help="trials of each study (default 500; smoke 10)")
     g.add_argument("--kendall-archs", type=int, help="archs retrained for Kendall τ (default 8; 0 skips)")

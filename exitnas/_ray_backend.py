@@ -47,7 +47,8 @@ def run_ray_workers(cfg: ExperimentConfig, checkpoint: str, trials_per_worker: i
             else:
                 ray.init(num_cpus=sc.workers, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise UserError(f"cannot reach the Ray cluster {sc.ray_address or '(local)'}: {str(e).splitlines()[0]}") from None
+            where = sc.ray_address or "(local)"
+            raise UserError(f"cannot reach the Ray cluster {where}: {str(e).splitlines()[0]}") from None
     try:
         cpus = int(ray.cluster_resources().get("CPU", sc.workers))
         threads = max(1, cpus // sc.workers)

@@ -92,7 +92,8 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
             _fast_sqlite(storage)
         return storage
     except ImportError:
-        raise UserError(f"storage {url}: its database driver is not installed; pip install 'exitnas[postgres]'") from None
+        raise UserError(f"storage {url}: its database driver is not installed; "
+                        "pip install 'exitnas[postgres]'") from None
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; the user needs one line
         msg = " ".join(str(e).split())[:200]
         raise UserError(f"storage {url} cannot be opened: {msg}") from None

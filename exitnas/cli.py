@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a trial: arch.json, weights, TorchScript and ONNX")
     p.add_argument("--storage", required=True, help="the study's storage URL")
     p.add_argument("--study", required=True, help="study name")
-    p.add_argument("--trial", type=int, help="trial number (default: the report's choice: the most accurate Pareto point at or below the front's median MMACs)")
+    p.add_argument("--trial", type=int, help="trial number (default: the report's choice: the most accurate "
+                   "Pareto point at or below the front's median MMACs)")
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--checkpoint", help="supernet checkpoint (default: the one the study was searched on)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")

@@ -160,7 +160,8 @@ class LatencyTable:
                        d["torch_version"], d["date"], d.get("stat", "median_ms"), float(d["context_factor"]),
                        str(d["runtime"]))
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise UserError(f"latency table {p} is not an exitnas latency table; make one with exitnas profile") from None
+            raise UserError(f"latency table {p} is not an exitnas latency table; "
+                            "make one with exitnas profile") from None
 
 
 def _device_name(device: torch.device) -> str:

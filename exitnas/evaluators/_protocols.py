@@ -9,7 +9,8 @@ import numpy as np
 from exitnas.evaluators._cache import ExitCache
 from exitnas.evaluators._policy import ExitPolicy
 
-__all__ = ["DEFAULT_P_SWEEP", "CurvePoint", "anytime", "budgeted_batch", "fit_budgeted_thresholds", "oracle", "target_shares"]
+__all__ = ["DEFAULT_P_SWEEP", "CurvePoint", "anytime", "budgeted_batch", "fit_budgeted_thresholds", "oracle",
+           "target_shares"]
 
 #: Huang et al. sweep p over (0, 2]; p < 1 sends more samples to early exits.
 DEFAULT_P_SWEEP: tuple[float, ...] = tuple(np.round(np.linspace(0.05, 2.0, 40), 4))

@@ -189,7 +189,8 @@ class _EarlyExit(EarlyExitRuntime):
 
 
 def deploy_early_exit(net: nn.Module, thresholds: Sequence[float], kind: str = "maxprob",
-                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> torch.jit.ScriptModule:
+                      mean: Sequence[float] | None = None,
+                      std: Sequence[float] | None = None) -> torch.jit.ScriptModule:
     """The deployed early-exit runtime of a ``StaticNet``: ``x → (logits, exit)`` per sample.
 
     With ``mean`` and ``std`` it takes images in [0, 1] and runs the same ops as the exported

@@ -45,8 +45,8 @@ __all__ = [
 MAX_POINTS = 12
 
 CHOICE_RULE = ("the most accurate Pareto point (val) whose expected MMACs are at most the median of the "
-               "front's distinct MMACs: the middle of the front, a balanced trade-off that a few very cheap or very costly "
-               "points cannot move far")
+               "front's distinct MMACs: the middle of the front, a balanced trade-off that a few very cheap or "
+               "very costly points cannot move far")
 
 
 # -- which trials ------------------------------------------------------------------------------

@@ -14,8 +14,7 @@ import torch
 from PIL import Image
 
 from exitnas._errors import UserError
-from exitnas.data import DATASETS, DataConfig, ImageSplits, load_dataset
-from exitnas.data import _files
+from exitnas.data import DATASETS, DataConfig, ImageSplits, _files, load_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 
