@@ -5,6 +5,7 @@ from __future__ import annotations
 from exitnas.evaluators._cache import ExitCache, ExitCacheStore, build_exit_cache
 from exitnas.evaluators._cost import ExitCosts, count_macs, exit_costs
 from exitnas.evaluators._evaluator import Evaluator, weights_digest
+from exitnas.evaluators._graphs import GraphedEarlyExit
 from exitnas.evaluators._policy import ExitPolicy, PolicyResult, check_thresholds
 from exitnas.evaluators._protocols import (
     DEFAULT_P_SWEEP,
@@ -28,6 +29,7 @@ __all__ = [
     "ExitCacheStore",
     "ExitCosts",
     "ExitPolicy",
+    "GraphedEarlyExit",
     "PolicyResult",
     "anytime",
     "budgeted_batch",

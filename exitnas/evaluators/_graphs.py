@@ -1,0 +1,152 @@
+"""CUDA graphs per segment: the early-exit runtime at batch size 1 on a GPU.
+
+At batch size 1 a small net on a GPU is bound by kernel launches: the host spends more time
+launching each op than the GPU spends running it. A CUDA graph records a sequence of kernels
+once and replays it with a single launch. An early-exit net cannot be one graph, because the
+host must read each exit's decision before it knows whether to go on; so each step (segment k,
+head k and the comparison ``confidence ≥ threshold_k``) is its own graph. Step k reads step
+k−1's output buffer directly, so going on costs one replay, and stopping costs one read of a
+bool from the GPU.
+
+The steps are the deployed modules of ``_runtime.deploy`` (BatchNorm folded, channels-last,
+frozen TorchScript), the same as the exported model's. Only a net whose exits are plain
+classifiers can be replayed this way: a combiner or an ensemble carries state between exits,
+and an EMGNet gate picks its kernels per input, which a recorded graph cannot do.
+
+Not yet run on a GPU in this project (the CPU tests cover the stepping through static
+buffers with ``graphs=False``; ``tests/evaluators/test_graphs.py`` has a CUDA test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from exitnas._confidence import CONFIDENCES, confidence
+from exitnas._errors import UserError
+from exitnas.evaluators._runtime import Normalise, channels_last, deploy
+from exitnas.search_space import StaticNet
+from exitnas.search_space._combine import NoCombine
+from exitnas.search_space._gate import gated_modules
+
+__all__ = ["GraphedEarlyExit"]
+
+
+class _Step(nn.Module):
+    """Segment k, head k and (except at the last exit) the decision, as one module; freezing
+    makes ``decide`` a constant, so the last step has no decision in its graph."""
+
+    def __init__(self, segment: nn.Module, head: nn.Module, threshold: Optional[float], kind: str,
+                 normalise: Optional[Normalise]) -> None:
+        super().__init__()
+        self.normalise = normalise
+        self.segment, self.head = segment, head
+        self.decide = threshold is not None
+        self.threshold = float(threshold) if threshold is not None else 0.0
+        self.kind = kind
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        if self.normalise is not None:
+            x = self.normalise(x)
+        x = self.segment(x)
+        logits = self.head(x)
+        if self.decide:
+            leave = confidence(logits, self.kind) >= self.threshold
+        else:
+            leave = torch.ones([logits.shape[0]], dtype=torch.bool, device=logits.device)
+        return x, logits, leave
+
+
+class GraphedEarlyExit:
+    """A ``StaticNet`` with its thresholds, one image at a time: ``run(x)`` → (logits 1×C, exit).
+
+    Args:
+        net: The subnet (eval mode, on its device); its exits must be plain classifiers.
+        thresholds: One per non-final exit; "leave when confidence ≥ threshold".
+        input_shape: C×H×W of the one image ``run`` takes.
+        kind: Confidence measure (``maxprob`` or ``entropy``).
+        mean, std: If given, ``run`` takes images in [0, 1] and normalises them first, as the
+            exported model does.
+        graphs: Record each step as a CUDA graph (the net must be on a CUDA device). With
+            ``False`` the steps run as plain calls through the same buffers.
+    """
+
+    def __init__(self, net: StaticNet, thresholds: Sequence[float], input_shape: Tuple[int, int, int],
+                 kind: str = "maxprob", mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 graphs: bool = True) -> None:
+        _check_plain(net, thresholds, kind)
+        device = next(net.parameters()).device
+        if graphs and device.type != "cuda":
+            raise UserError(f"CUDA graphs need the net on a CUDA device, not {device.type}; "
+                            "pass graphs=False or move the net to cuda")
+        normalise = Normalise(mean, std).to(device) if mean is not None and std is not None else None
+        last = net.num_exits - 1
+        self.steps = [deploy(_Step(net.segments[k], net.heads[k], None if k == last else float(thresholds[k]),
+                                   kind, normalise if k == 0 else None).to(device).eval())
+                      for k in range(net.num_exits)]
+        self.graphs = graphs
+        self.input = channels_last(torch.zeros(1, *input_shape, device=device))
+        self.outputs: list[Tuple[Tensor, Tensor, Tensor]] = []
+        self.recorded: list[torch.cuda.CUDAGraph] = []
+        with torch.no_grad():
+            if graphs:
+                self._record()
+
+    def _record(self) -> None:
+        # Warm-up on a side stream before capture, as torch.cuda.graphs asks (lazy init, allocator).
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                x = self.input
+                for step in self.steps:
+                    x = step(x)[0]
+        torch.cuda.current_stream().wait_stream(side)
+        pool = None
+        x = self.input
+        for step in self.steps:
+            g = torch.cuda.CUDAGraph()
+            # One memory pool for all steps: they are recorded and always replayed in this order.
+            with torch.cuda.graph(g, pool=pool):
+                out = step(x)
+            pool = g.pool()
+            self.recorded.append(g)
+            self.outputs.append(out)
+            x = out[0]  # step k+1 reads step k's feature buffer as it is
+        torch.cuda.synchronize()
+
+    @torch.no_grad()
+    def run(self, x: Tensor) -> Tuple[Tensor, int]:
+        """Logits of the exit this image left at (a copy) and that exit's index."""
+        if x.shape[0] != 1 or x.shape[1:] != self.input.shape[1:]:
+            raise UserError(f"this runtime takes one image of shape {tuple(self.input.shape[1:])}, "
+                            f"got a batch of shape {tuple(x.shape)}")
+        self.input.copy_(x)
+        last = len(self.steps) - 1
+        feats = self.input
+        for k, step in enumerate(self.steps):
+            if self.graphs:
+                self.recorded[k].replay()
+                feats, logits, leave = self.outputs[k]
+            else:
+                feats, logits, leave = step(feats)
+            if k == last or bool(leave[0]):
+                return logits.clone(), k
+        raise AssertionError("the last step always returns")
+
+    __call__ = run
+
+
+def _check_plain(net: StaticNet, thresholds: Sequence[float], kind: str) -> None:
+    if kind not in CONFIDENCES:
+        raise UserError(f"unknown confidence {kind!r}; known: {', '.join(CONFIDENCES)}")
+    if len(thresholds) != net.num_exits - 1:
+        raise UserError(f"got {len(thresholds)} thresholds for a net with {net.num_exits} exits; "
+                        f"give one per non-final exit ({net.num_exits - 1})")
+    if (not all(isinstance(c, NoCombine) for c in net.combiners) or net.ensemble is not None
+            or gated_modules(net)):
+        raise UserError("CUDA graphs per segment need plain exits: this net combines its exits (boost, ZTW), "
+                        "ensembles them or gates its multi-scale convs; run the exported TorchScript model")
