@@ -117,7 +117,7 @@ def _merge_multiscale(module: M) -> M:
     for name, child in list(module.named_children()):
         if isinstance(child, MultiScaleConv2d) and child.conv5 is not None and child.conv3 is not None:
             c5, c3 = child.conv5, child.conv3
-            one = nn.Conv2d(c5.in_channels, c5.out_channels + c3.out_channels, 5, c5.stride, 2)
+            one = nn.Conv2d(c5.in_channels, c5.out_channels + c3.out_channels, 5, c5.stride, 2).to(c5.weight.device)
             one.weight.zero_()
             one.weight[: c5.out_channels].copy_(c5.weight)
             one.weight[c5.out_channels :, :, 1:4, 1:4].copy_(c3.weight)
