@@ -95,6 +95,13 @@ class GraphedEarlyExit:
             if graphs:
                 self._record()
 
+    @classmethod
+    def from_model(cls, model: nn.Module, input_shape: Tuple[int, int, int], graphs: bool = True) -> GraphedEarlyExit:
+        """From an :class:`~exitnas.results.EarlyExitModel` (e.g. ``load_export(dir)[0].cuda()``):
+        its net, thresholds, confidence and input normalisation."""
+        mean, std = model.mean.flatten().tolist(), model.std.flatten().tolist()
+        return cls(model.net, model.thresholds.tolist(), input_shape, model.kind, mean, std, graphs)
+
     def _record(self) -> None:
         # Warm-up on a side stream before capture, as torch.cuda.graphs asks (lazy init, allocator).
         side = torch.cuda.Stream()

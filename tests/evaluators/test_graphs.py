@@ -68,6 +68,19 @@ def test_steps_through_static_buffers_like_the_plain_early_exit(mid_gap) -> None
     assert torch.equal(first, kept)
 
 
+def test_from_an_exported_model(mid_gap) -> None:  # type: ignore[no-untyped-def]
+    from exitnas.results import EarlyExitModel
+
+    net = _net(_space())
+    x = torch.rand(24, 3, 16, 16)
+    thresholds, _, _ = _reference(net, x, mid_gap)
+    model = EarlyExitModel(net, thresholds, MEAN, STD).eval()
+    runtime = GraphedEarlyExit.from_model(model, (3, 16, 16), graphs=False)
+    with torch.no_grad():
+        logits, exits = model(x)
+    _check(runtime, x, logits, exits)
+
+
 def test_bad_input_is_one_clear_error(mid_gap) -> None:  # type: ignore[no-untyped-def]
     net = _net(_space())
     with pytest.raises(UserError, match="CUDA device"):
