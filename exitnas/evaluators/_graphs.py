@@ -27,9 +27,8 @@ from torch import Tensor, nn
 
 from exitnas._confidence import CONFIDENCES, confidence
 from exitnas._errors import UserError
-from exitnas.evaluators._runtime import Normalise, channels_last, deploy
+from exitnas.evaluators._runtime import Normalise, channels_last, deploy, plain_exits
 from exitnas.search_space import StaticNet
-from exitnas.search_space._combine import NoCombine
 from exitnas.search_space._gate import gated_modules
 
 __all__ = ["GraphedEarlyExit"]
@@ -153,7 +152,6 @@ def _check_plain(net: StaticNet, thresholds: Sequence[float], kind: str) -> None
     if len(thresholds) != net.num_exits - 1:
         raise UserError(f"got {len(thresholds)} thresholds for a net with {net.num_exits} exits; "
                         f"give one per non-final exit ({net.num_exits - 1})")
-    if (not all(isinstance(c, NoCombine) for c in net.combiners) or net.ensemble is not None
-            or gated_modules(net)):
+    if not plain_exits(net) or gated_modules(net):
         raise UserError("CUDA graphs per segment need plain exits: this net combines its exits (boost, ZTW), "
                         "ensembles them or gates its multi-scale convs; run the exported TorchScript model")

@@ -79,11 +79,12 @@ class ExitPolicy:
         extra = np.zeros(len(t))
         if method == "dense":
             hist, right, extra = self._dense(t)
-        elif method == "bitset" and self.extra is None:
-            hist, right = self._bitset(t)
+        elif method != "bitset":
+            raise ValueError(f"unknown method {method!r}")
+        elif self.extra is not None:
+            raise ValueError("per-sample MACs need the dense method")
         else:
-            raise ValueError(f"unknown method {method!r}" if method != "bitset" else
-                             "per-sample MACs need the dense method")
+            hist, right = self._bitset(t)
         n = self.cache.num_samples
         return PolicyResult(right.sum(1) / n, (hist @ self.costs + extra) / n, hist)
 

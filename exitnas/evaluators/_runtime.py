@@ -129,6 +129,13 @@ class Normalise(nn.Module):
         return channels_last((x - self.mean) / self.std)
 
 
+def plain_exits(net: nn.Module) -> bool:
+    """Whether each exit's logits are its head's own: no combiner (boost, ZTW) and no ensemble
+    carries state from one exit to the next, so an exit can run and be judged alone."""
+    return (all(isinstance(c, NoCombine) for c in getattr(net, "combiners", []))
+            and getattr(net, "ensemble", None) is None)
+
+
 class EarlyExitRuntime(nn.Module):
     """A ``StaticNet`` with its thresholds: ``_run(x)`` → (logits, exit index) per sample.
 
@@ -146,9 +153,7 @@ class EarlyExitRuntime(nn.Module):
         self.net = net
         self.kind = kind
         self.register_buffer("thresholds", torch.tensor(thresholds, dtype=torch.float32))
-        combiners = getattr(net, "combiners", [])
-        self.single_loop = (all(isinstance(c, NoCombine) for c in combiners)
-                            and getattr(net, "ensemble", None) is None)
+        self.single_loop = plain_exits(net)
 
     def _run(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.single_loop and x.shape[0] == 1:

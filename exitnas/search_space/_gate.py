@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from exitnas._registry import Registry
 
 __all__ = ["GATES", "GateUse", "GatedMultiScaleConv2d", "RingMacs", "gate_mask", "gated_conv", "gated_modules",
-           "ring_macs", "ring_mask"]
+           "ring_macs", "ring_mask", "ring_use"]
 
 #: Multi-scale gates by name (``space.gate``).
 GATES: Registry[str] = Registry("multi-scale gate")
@@ -51,14 +51,25 @@ def ring_macs(c_in: int, out: Tensor) -> int:
     return c_in * 16 * int(out.shape[-2]) * int(out.shape[-1])
 
 
+def ring_use(g: Tensor, c_in: int, out: Tensor) -> Tuple[Tensor, float]:
+    """(mean ring MACs the N×C gates ``g`` switch on per sample, ring MACs of all C channels),
+    what ``training.gate_penalty`` prices; ``out`` is the gated conv's output map."""
+    per = ring_macs(c_in, out)
+    return g.sum(1).mean() * per, float(g.shape[1] * per)
+
+
 class GatedMultiScaleConv2d(nn.Module):
     """Static multi-scale conv with EMGNet's gate on its 3×3 channels.
 
     Outputs ``[0, c5)`` always use 5×5 kernels (``conv5``); outputs ``[c5, c5 + c3)`` use the
     centre of ``weight`` (c3×c_in×5×5) and, where the gate is on, its ring as well.
     ``count_ring = False`` leaves the rings out (fvcore then counts the MACs every sample
-    pays; the evaluators add each sample's rings).
+    pays; the evaluators add each sample's rings). While a :class:`RingMacs` or
+    :class:`GateUse` watches it, an eager forward keeps its gates in ``last_gates`` for the
+    watcher's hook, so the gates are computed once.
     """
+
+    keep_gates = False  # set by a watcher
 
     def __init__(self, c_in: int, c5: int, c3: int, stride: int = 1) -> None:
         super().__init__()
@@ -70,16 +81,18 @@ class GatedMultiScaleConv2d(nn.Module):
         self.count_ring = True
         self.register_buffer("mask", ring_mask(), persistent=False)
 
-    def gates(self, x: Tensor) -> Tensor:
-        """N×c3 hard gates of ``x`` (for counting MACs per sample)."""
-        y3 = F.conv2d(x, self.weight[:, :, 1:4, 1:4], None, self.stride, 1)
-        return gate_mask(y3, self.theta, False)
-
     def forward(self, x: Tensor) -> Tensor:
-        y, _ = gated_conv(x, self.weight, self.theta, self.stride, self.training, self.mask, self.count_ring)
+        y, g = gated_conv(x, self.weight, self.theta, self.stride, self.training, self.mask, self.count_ring)
+        if not torch.jit.is_scripting():
+            self._keep(g)
         if self.conv5 is None:
             return y
         return torch.cat([self.conv5(x), y], dim=1)
+
+    @torch.jit.unused
+    def _keep(self, g: Tensor) -> None:
+        if self.keep_gates:
+            self.last_gates = g
 
 
 def ring_mask() -> Tensor:
@@ -119,22 +132,33 @@ W = TypeVar("W", bound="_Watch")
 
 
 class _Watch:
-    """Forward hooks on gated convs while a ``with`` block is open."""
+    """Forward hooks on gated convs while a ``with`` block is open; a hook reads the gates its
+    conv's forward computed (``last_gates``) and the conv's output."""
 
-    def __init__(self) -> None:
+    def __init__(self, watched: List[GatedMultiScaleConv2d]) -> None:
+        self.watched = watched
         self._handles: List[torch.utils.hooks.RemovableHandle] = []
 
-    def _register(self) -> List[torch.utils.hooks.RemovableHandle]:
+    def _seen(self, m: GatedMultiScaleConv2d, gates: Tensor, out: Tensor) -> None:
         raise NotImplementedError
 
+    def _hook(self, m: GatedMultiScaleConv2d, inp: Tuple[Tensor, ...], y: Tensor) -> None:
+        c5 = 0 if m.conv5 is None else m.conv5.out_channels
+        self._seen(m, m.last_gates, y[:, c5:])
+
     def __enter__(self: W) -> W:
-        self._handles = self._register()
+        for m in self.watched:
+            m.keep_gates = True
+        self._handles = [m.register_forward_hook(self._hook) for m in self.watched]
         return self
 
     def __exit__(self, *exc: object) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+        for m in self.watched:  # back to the class default: nothing kept, nothing for TorchScript to see
+            m.__dict__.pop("keep_gates", None)
+            m.__dict__.pop("last_gates", None)
 
 
 class RingMacs(_Watch):
@@ -145,23 +169,19 @@ class RingMacs(_Watch):
     """
 
     def __init__(self, segments: List[nn.Module]) -> None:
-        super().__init__()
-        self.per_segment = [gated_modules(s) for s in segments]
+        per_segment = [gated_modules(s) for s in segments]
+        super().__init__([m for mods in per_segment for m in mods])
+        self.segment_of = {id(m): k for k, mods in enumerate(per_segment) for m in mods}
         self.rows: List[Optional[Tensor]] = [None] * len(segments)
 
-    def _register(self) -> List[torch.utils.hooks.RemovableHandle]:
-        return [m.register_forward_hook(self._hook(k)) for k, mods in enumerate(self.per_segment) for m in mods]
-
-    def _hook(self, k: int):  # type: ignore[no-untyped-def]
-        def hook(m: GatedMultiScaleConv2d, inp: tuple[Tensor, ...], y: Tensor) -> None:
-            c5 = 0 if m.conv5 is None else m.conv5.out_channels
-            macs = m.gates(inp[0]).sum(1).double().cpu() * ring_macs(m.c_in, y[:, c5:])
-            prev = self.rows[k]
-            self.rows[k] = macs if prev is None else prev + macs
-        return hook
+    def _seen(self, m: GatedMultiScaleConv2d, gates: Tensor, out: Tensor) -> None:
+        k = self.segment_of[id(m)]
+        macs = gates.sum(1).double().cpu() * ring_macs(m.c_in, out)
+        prev = self.rows[k]
+        self.rows[k] = macs if prev is None else prev + macs
 
     def take(self, n: int) -> Optional[Tensor]:
-        if not any(self.per_segment):
+        if not self.watched:
             return None
         out = torch.stack([r if r is not None else torch.zeros(n, dtype=torch.float64) for r in self.rows])
         self.rows = [None] * len(self.rows)
@@ -174,18 +194,11 @@ class GateUse(_Watch):
     ``training.gate_penalty`` (the supernet reports this itself; a static net is watched)."""
 
     def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.modules = gated_modules(module)
+        super().__init__(gated_modules(module))
         self.use: List[Tuple[Tensor, float]] = []
 
-    def _register(self) -> List[torch.utils.hooks.RemovableHandle]:
-        return [m.register_forward_hook(self._hook) for m in self.modules]
-
-    def _hook(self, m: GatedMultiScaleConv2d, inp: Tuple[Tensor, ...], y: Tensor) -> None:
-        y3 = F.conv2d(inp[0], m.weight[:, :, 1:4, 1:4], None, m.stride, 1)
-        g = gate_mask(y3, m.theta, True)
-        per = ring_macs(m.c_in, y3)
-        self.use.append((g.sum(1).mean() * per, float(g.shape[1] * per)))
+    def _seen(self, m: GatedMultiScaleConv2d, gates: Tensor, out: Tensor) -> None:
+        self.use.append(ring_use(gates, m.c_in, out))
 
     def take(self) -> List[Tuple[Tensor, float]]:
         use, self.use = self.use, []

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from exitnas.search_space._gate import GatedMultiScaleConv2d, gated_conv, ring_macs, ring_mask
+from exitnas.search_space._gate import GatedMultiScaleConv2d, gated_conv, ring_mask, ring_use
 
 __all__ = [
     "ElasticBatchNorm2d",
@@ -86,8 +86,7 @@ class ElasticMultiScaleConv2d(nn.Module):
             y, g = gated_conv(x, self.weight[c5:c_out, : x.shape[1]], self.theta[c5:c_out], self.stride,
                               self.training, self.mask)
             if gate_use is not None:
-                per = ring_macs(x.shape[1], y)
-                gate_use.append((g.sum(1).mean() * per, float(g.shape[1] * per)))
+                gate_use.append(ring_use(g, x.shape[1], y))
             outs.append(y)
         elif w3 is not None:
             outs.append(F.conv2d(x, w3, None, self.stride, 1))

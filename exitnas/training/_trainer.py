@@ -66,6 +66,11 @@ def space_for(cfg: ExperimentConfig, splits: ImageSplits) -> SearchSpace:
 EXIT_SETS = ("auto", "all", "sampled")
 
 
+def _check_exit_sets(exit_sets: str) -> None:
+    if exit_sets not in EXIT_SETS:
+        raise UserError(f"train.exit_sets {exit_sets!r} is not one of {', '.join(EXIT_SETS)}")
+
+
 def sandwich_archs(space: SearchSpace, k: int, seed: int, step: int, exit_sets: str = "auto") -> list[ArchConfig]:
     """Largest, smallest and ``k`` random subnets for ``step``, with their exits.
 
@@ -77,8 +82,7 @@ def sandwich_archs(space: SearchSpace, k: int, seed: int, step: int, exit_sets: 
     a chain of block-end exits that no searched arch has), else ``all``. Head types are
     drawn per exit. Seeded by (seed, step): every rank, and a resumed run, samples the same.
     """
-    if exit_sets not in EXIT_SETS:
-        raise UserError(f"train.exit_sets {exit_sets!r} is not one of {', '.join(EXIT_SETS)}")
+    _check_exit_sets(exit_sets)
     rng = random.Random(seed * 1_000_003 + step)
     archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(k)]
     if exit_sets == "sampled" or (exit_sets == "auto" and space.combine != "none"):
@@ -120,8 +124,7 @@ def train_supernet(
     ROUTINGS.get(tc.routing)
     if not 0 < tc.dfs_beta < 1:
         raise UserError(f"train.dfs_beta must lie in (0, 1), got {tc.dfs_beta}")
-    if tc.exit_sets not in EXIT_SETS:
-        raise UserError(f"train.exit_sets {tc.exit_sets!r} is not one of {', '.join(EXIT_SETS)}")
+    _check_exit_sets(tc.exit_sets)
     if tc.gate_cost < 0:
         raise UserError(f"train.gate_cost must be >= 0, got {tc.gate_cost}")
     info = init_distributed("cuda" if resolve_device(tc.device).type == "cuda" else "cpu")
