@@ -41,9 +41,10 @@ import torch  # noqa: E402
 from _env import RESULTS, environment, loadavg, write_section  # noqa: E402
 
 from exitnas._config import ExperimentConfig, load_config  # noqa: E402
+from exitnas._samplers import make_sampler  # noqa: E402
 from exitnas._storage import open_storage  # noqa: E402
 from exitnas.results import hypervolume_2d  # noqa: E402
-from exitnas.search import DIRECTIONS, SearchContext, create_or_load_study, make_sampler  # noqa: E402
+from exitnas.search import DIRECTIONS, SearchContext, create_or_load_study  # noqa: E402
 from exitnas.training import load_checkpoint, train_supernet  # noqa: E402
 
 SECTION = "## bench_search"

@@ -10,8 +10,9 @@ __all__ = ["all_registries"]
 
 
 def all_registries() -> list[tuple[str, Registry[Any]]]:
+    from exitnas._samplers import SAMPLERS
     from exitnas.data import DATASETS
-    from exitnas.search import EXIT_RULES, SAMPLERS
+    from exitnas.evaluators import EXIT_RULES
     from exitnas.search_space import COMBINERS, ENSEMBLES, GATES, HEADS, ROUTINGS, SPACES
     from exitnas.training import LOSSES
 

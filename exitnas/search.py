@@ -13,7 +13,7 @@ import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import optuna
@@ -21,9 +21,9 @@ from optuna.trial import TrialState
 
 from exitnas._config import ExperimentConfig
 from exitnas._errors import UserError
-from exitnas._registry import Registry
+from exitnas._samplers import SAMPLERS, make_sampler
 from exitnas._storage import open_storage, storage_kind
-from exitnas.evaluators import Evaluator, ExitPolicy, bof_thresholds
+from exitnas.evaluators import BOF_BETA_RANGE, EXIT_RULES, Evaluator, ExitPolicy, bof_thresholds
 from exitnas.evaluators._latency import LatencyTable
 from exitnas.search_space import ArchConfig, SearchSpace
 
@@ -48,28 +48,6 @@ DIRECTIONS = ["maximize", "minimize"]
 def metric_names(objective: str) -> list[str]:
     return LATENCY_METRIC_NAMES if objective == "latency" else METRIC_NAMES
 
-#: Samplers by name; each factory takes a seed.
-SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sampler")
-SAMPLERS.register("nsga2", "NSGA-II, evolutionary multi-objective (default)")(
-    lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=20))
-SAMPLERS.register("tpe", "multivariate TPE")(
-    lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10))
-SAMPLERS.register("gp", "Gaussian-process Bayesian optimisation")(
-    lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=10))
-SAMPLERS.register("random", "uniform random search (a baseline)")(
-    lambda seed: optuna.samplers.RandomSampler(seed=seed))
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    return SAMPLERS.get(name)(seed)
-
-
-#: Exit rules by name (``search.exit_rule``): what a trial suggests for the exits' thresholds.
-EXIT_RULES: Registry[str] = Registry("exit rule")
-EXIT_RULES.register("threshold", "a confidence threshold per exit, each searched (default)")("threshold")
-EXIT_RULES.register("bof", "bag-of-features rule: one searched beta; leave when confidence >= "
-                           "beta x the exit's mean confidence on training images")("bof")
-BOF_BETA_RANGE = (0.5, 1.5)
 
 
 # -- trial ↔ arch ----------------------------------------------------------------------------

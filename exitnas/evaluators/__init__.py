@@ -17,9 +17,11 @@ from exitnas.evaluators._protocols import (
     target_shares,
 )
 from exitnas.evaluators._recalibrate import recalibrate_bn, recalibrated_subnet
-from exitnas.evaluators._rules import bof_thresholds, fit_bof_beta
+from exitnas.evaluators._rules import BOF_BETA_RANGE, EXIT_RULES, bof_thresholds, fit_bof_beta
 
 __all__ = [
+    "BOF_BETA_RANGE",
+    "EXIT_RULES",
     "bof_thresholds",
     "fit_bof_beta",
     "DEFAULT_P_SWEEP",

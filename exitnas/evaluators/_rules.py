@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from exitnas._registry import Registry
 from exitnas.evaluators._cache import ExitCache
 from exitnas.evaluators._policy import ExitPolicy
 
-__all__ = ["bof_thresholds", "fit_bof_beta"]
+__all__ = ["BOF_BETA_RANGE", "EXIT_RULES", "bof_thresholds", "fit_bof_beta"]
+
+#: Exit rules by name (``search.exit_rule``): what a trial suggests for the exits' thresholds.
+EXIT_RULES: Registry[str] = Registry("exit rule")
+EXIT_RULES.register("threshold", "a confidence threshold per exit, each searched (default)")("threshold")
+EXIT_RULES.register("bof", "bag-of-features rule: one searched beta; leave when confidence >= "
+                           "beta x the exit's mean confidence on training images")("bof")
+#: The searched range of the bag-of-features rule's beta.
+BOF_BETA_RANGE = (0.5, 1.5)
 
 
 def bof_thresholds(train_cache: ExitCache, beta: float | np.ndarray) -> np.ndarray:

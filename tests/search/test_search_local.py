@@ -13,8 +13,9 @@ import optuna
 import pytest
 from optuna.trial import FixedTrial, TrialState
 
+from exitnas._samplers import SAMPLERS
 from exitnas.cli import main
-from exitnas.search import DIRECTIONS, METRIC_NAMES, SAMPLERS, SearchContext, create_or_load_study, suggest_arch
+from exitnas.search import DIRECTIONS, METRIC_NAMES, SearchContext, create_or_load_study, suggest_arch
 from exitnas.search_space import ArchConfig, SearchSpace
 
 N_TRIALS = 6
