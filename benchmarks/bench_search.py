@@ -43,8 +43,9 @@ from _env import RESULTS, environment, loadavg, write_section  # noqa: E402
 from exitnas._config import ExperimentConfig, load_config  # noqa: E402
 from exitnas._samplers import make_sampler  # noqa: E402
 from exitnas._storage import open_storage  # noqa: E402
+from exitnas.experiment import Experiment  # noqa: E402
 from exitnas.results import hypervolume_2d  # noqa: E402
-from exitnas.search import DIRECTIONS, SearchContext, create_or_load_study  # noqa: E402
+from exitnas.search import DIRECTIONS, ArchObjective, create_or_load_study  # noqa: E402
 from exitnas.training import load_checkpoint, train_supernet  # noqa: E402
 
 SECTION = "## bench_search"
@@ -84,7 +85,7 @@ def throughput(cfg: ExperimentConfig, checkpoint: str, workers: int, trials: int
     d["search"].update(storage=f"journal://{folder / f'{name}.log'}", study=name, trials=trials, workers=workers,
                        backend="ray", progress=False)
     cfg = ExperimentConfig.from_dict(d)
-    create_or_load_study(cfg, _space(cfg))
+    create_or_load_study(Experiment(cfg, checkpoint))
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
         t0 = time.time()
@@ -126,24 +127,17 @@ def throughputs(cfg: ExperimentConfig, checkpoint: str, trials: int, repeats: in
     return out
 
 
-def _space(cfg: ExperimentConfig):  # type: ignore[no-untyped-def]
-    from exitnas.data import load_dataset
-    from exitnas.training import space_for
-
-    return space_for(cfg, load_dataset(cfg.data))
-
-
 # -- (b) hypervolume -----------------------------------------------------------------------------
-def hypervolumes(ctx: SearchContext, trials: int, seeds: int) -> tuple[dict[str, list[float]], float]:
-    space = ctx.evaluator.space
-    ref_mmacs = 1.1 * max(ctx.evaluator.costs(space.largest(head=h)).macs[-1] for h in space.head_choices) / 1e6
+def hypervolumes(exp: Experiment, trials: int, seeds: int) -> tuple[dict[str, list[float]], float]:
+    space, objective = exp.space, ArchObjective.for_experiment(exp)
+    ref_mmacs = 1.1 * max(exp.evaluator.costs(space.largest(head=h)).macs[-1] for h in space.head_choices) / 1e6
     ref = np.array([1.0, 1.0])
     out: dict[str, list[float]] = {}
     for name in SAMPLERS:
         out[name] = []
         for seed in range(seeds):
             study = optuna.create_study(directions=DIRECTIONS, sampler=make_sampler(name, seed))
-            study.optimize(ctx.objective, n_trials=trials, gc_after_trial=False)
+            study.optimize(objective, n_trials=trials, gc_after_trial=False)
             pts = np.array([(1.0 - t.values[0], t.values[1] / ref_mmacs) for t in study.best_trials])
             hv = hypervolume_2d(pts, ref)
             _check_against_optuna(pts, ref, hv)
@@ -260,12 +254,12 @@ def main() -> None:
         print(f"(b) hypervolume, {a.hv_trials} trials × {a.seeds} seeds per sampler")
         d = cfg.to_dict()
         d["search"].update(storage=f"sqlite:///{folder / 'unused.db'}", progress=False)
-        ctx = SearchContext.build(ExperimentConfig.from_dict(d), checkpoint)
-        hv, ref_mmacs = hypervolumes(ctx, a.hv_trials, a.seeds)
+        exp = Experiment(ExperimentConfig.from_dict(d), checkpoint)
+        hv, ref_mmacs = hypervolumes(exp, a.hv_trials, a.seeds)
 
     setup = {"space": "channels [8,16,32], depths [1,2], widths [0.5,1], ratios [0,0.5,1], heads linear/msdnet",
-             "epochs": a.epochs, "train_s": train_s, "recal": min(cfg.search.recal_images, len(ctx.evaluator.recal_x)),
-             "val": len(ctx.evaluator.splits.val_y), "trials": a.trials, "repeats": a.repeats,
+             "epochs": a.epochs, "train_s": train_s, "recal": min(cfg.search.recal_images, len(exp.evaluator.recal_x)),
+             "val": len(exp.splits.val_y), "trials": a.trials, "repeats": a.repeats,
              "hv_trials": a.hv_trials, "seeds": a.seeds,
              "load_before": load_before, "load_after": loadavg()}
     text = render(env, setup, tp, hv, ref_mmacs)

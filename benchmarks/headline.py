@@ -533,32 +533,28 @@ def _need_supernet(run: Run) -> None:
         raise UserError(f"no trained supernet in {run.out}; run the train step first")
 
 
-def _run_study(run: Run, log: StepLog, name: str, sampler: str, ctx: Any = None) -> tuple[bool, Any]:
+def _run_study(run: Run, log: StepLog, name: str, sampler: str, exp: Any = None) -> tuple[bool, Any]:
     """Run (or resume) one study until it holds ``trials`` complete trials or time runs out."""
-    import optuna
+    from exitnas.experiment import Experiment
+    from exitnas.search import completed, create_or_load_study, run_search
 
-    from exitnas.search import SearchContext, completed, create_or_load_study
-
-    cfg = run.cfg(study=name, sampler=sampler)
-    ctx = ctx or SearchContext.build(cfg, str(run.checkpoint))
-    study = create_or_load_study(cfg, ctx.evaluator.space)
-    before, passes = completed(study), ctx.evaluator.forward_passes
+    exp = exp or Experiment(run.cfg(study=name, sampler=sampler), run.checkpoint)
+    study = create_or_load_study(exp)
+    before, passes = completed(study), exp.evaluator.forward_passes
     remaining = run.s.trials - before
     t = time.perf_counter()
     if remaining > 0 and run.left() > 20:
-        stop = optuna.study.MaxTrialsCallback(run.s.trials, states=(optuna.trial.TrialState.COMPLETE,))
-        study.optimize(ctx.objective, n_trials=remaining, timeout=run.left() - 15, callbacks=[stop],
-                       gc_after_trial=False)
+        run_search(exp.cfg, exp=exp, timeout=run.left() - 15)
     done, dt = completed(study), time.perf_counter() - t
     new = done - before
     runs = log.data.get("search_s", 0.0) + dt
     log.save(study=name, sampler=sampler, trials=done, search_s=runs, storage=run.storage,
              trials_per_min=60 * done / runs if runs > 0 else None,
-             archs_measured=log.data.get("archs_measured", 0) + ctx.evaluator.forward_passes - passes,
+             archs_measured=log.data.get("archs_measured", 0) + exp.evaluator.forward_passes - passes,
              front_size=len(study.best_trials))
     print(f"[{log.data['step']}] study {name} ({sampler}): {done}/{run.s.trials} trials (+{new} in {dt:.0f} s)",
           flush=True)
-    return done >= run.s.trials, ctx
+    return done >= run.s.trials, exp
 
 
 def step_search(run: Run) -> bool:
@@ -574,17 +570,17 @@ def step_search(run: Run) -> bool:
 
 def step_baselines(run: Run) -> bool:
     from exitnas.evaluators import anytime, budgeted_batch, oracle
+    from exitnas.experiment import Experiment
     from exitnas.results import stage_exit_arch, static_largest_arch
-    from exitnas.search import SearchContext
 
     log = run.log("baselines")
     if log is None:
         return True
     _need_supernet(run)
-    ctx = None
+    exp = None
     if "hand_placed" not in log.data:
-        ctx = SearchContext.build(run.cfg(study=RANDOM_STUDY, sampler="random"), str(run.checkpoint))
-        ev = ctx.evaluator
+        exp = Experiment(run.cfg(study=RANDOM_STUDY, sampler="random"), run.checkpoint)
+        ev = exp.evaluator
         static, stage = static_largest_arch(ev.space), stage_exit_arch(ev.space)
         cs, cg = ev.caches(static, ("val", "test")), ev.caches(stage, ("val", "test"))
         hand = {
@@ -600,7 +596,7 @@ def step_baselines(run: Run) -> bool:
         log.save(hand_placed=hand)
         h = hand["static_largest"]
         print(f"[baselines] largest subnet: test {h['test_accuracy']:.4f} at {h['mmacs']:.1f} MMACs")
-    complete, _ = _run_study(run, log, RANDOM_STUDY, "random", ctx)
+    complete, _ = _run_study(run, log, RANDOM_STUDY, "random", exp)
     if complete:
         log.finish()
     return complete

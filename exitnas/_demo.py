@@ -35,6 +35,7 @@ def demo_overrides(out: Path, quick: bool) -> list[str]:
 
 def run_demo(out: Path, quick: bool = False) -> int:
     from exitnas.data import load_dataset
+    from exitnas.experiment import Experiment
     from exitnas.results import CHOICE_RULE, build_report, export_trial
     from exitnas.search import format_front, run_search
     from exitnas.training import train_supernet
@@ -50,7 +51,7 @@ def run_demo(out: Path, quick: bool = False) -> int:
     trained = train_supernet(cfg, splits=splits)
     print(f"[2/4] searching {cfg.search.trials} archs + thresholds on val (Optuna {cfg.search.sampler}, "
           f"{cfg.search.storage})")
-    front = run_search(cfg)
+    front = run_search(cfg, exp=Experiment(cfg, trained.checkpoint, splits=splits))
     print(format_front(front))
     print(f"[3/4] writing the report (test numbers for the front; the chosen trial is {CHOICE_RULE})")
     report = build_report(cfg.search.storage, cfg.search.study, str(trained.checkpoint), out / "report")

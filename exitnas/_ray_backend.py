@@ -15,7 +15,7 @@ from typing import Any
 
 from exitnas._config import ExperimentConfig
 from exitnas._errors import UserError
-from exitnas.search import retry_lost_trials
+from exitnas._workers import retry_lost_trials, run_worker, stored_completed
 
 __all__ = ["run_ray_workers"]
 
@@ -25,8 +25,6 @@ MAX_ROUNDS = 3
 
 def _worker(cfg_dict: dict[str, Any], checkpoint: str, worker: int, n_trials: int, threads: int, token: str) -> int:
     import torch
-
-    from exitnas.search import run_worker
 
     torch.set_num_threads(max(1, threads))
     return run_worker(ExperimentConfig.from_dict(cfg_dict), checkpoint, worker, n_trials, token=token)
@@ -72,7 +70,7 @@ def run_ray_workers(cfg: ExperimentConfig, checkpoint: str, trials_per_worker: i
                         lost += 1 + retry_lost_trials(cfg, token_of[f])
                 if bar is not None:
                     bar()
-            if not lost or _complete(cfg) >= sc.trials:
+            if not lost or stored_completed(cfg) >= sc.trials:
                 break
             print(f"exitnas: round {round_ + 1} lost {lost} worker(s); starting another round")
         return done_total
@@ -81,36 +79,21 @@ def run_ray_workers(cfg: ExperimentConfig, checkpoint: str, trials_per_worker: i
             ray.shutdown()
 
 
-def _complete(cfg: ExperimentConfig) -> int:
-    import optuna
-
-    from exitnas._storage import open_storage
-    from exitnas.search import completed
-
-    return completed(optuna.load_study(study_name=cfg.search.study,
-                                       storage=open_storage(cfg.search.storage, heartbeat=False)))
-
-
 def _progress(cfg: ExperimentConfig) -> Any:
     """A bar fed by the database (the workers' own bars would interleave)."""
     if not cfg.search.progress:
         return None
-    import optuna
     from tqdm.auto import tqdm
 
-    from exitnas._storage import open_storage
-    from exitnas.search import completed
-
-    study = optuna.load_study(study_name=cfg.search.study, storage=open_storage(cfg.search.storage, heartbeat=False))
-    bar = tqdm(total=cfg.search.trials, initial=completed(study), desc=f"search ({cfg.search.workers} ray workers)",
-               unit="trial", dynamic_ncols=True)
+    bar = tqdm(total=cfg.search.trials, initial=stored_completed(cfg),
+               desc=f"search ({cfg.search.workers} ray workers)", unit="trial", dynamic_ncols=True)
     last = [time.monotonic()]
 
     def refresh() -> None:
         if time.monotonic() - last[0] < 1.0:
             return
         last[0] = time.monotonic()
-        bar.n = completed(study)
+        bar.n = stored_completed(cfg)
         bar.refresh()
 
     return refresh

@@ -46,9 +46,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from exitnas.evaluators._command import run_evaluate
+    from exitnas.evaluators import read_thresholds
+    from exitnas.experiment import Experiment
+    from exitnas.results import evaluate_arch, read_arch
 
-    return run_evaluate(args)
+    exp = Experiment.from_checkpoint(args.checkpoint, args.config, tuple(args.overrides))
+    arch = read_arch(args.arch, exp.space)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("evaluate.json")
+    evaluate_arch(exp, arch, read_thresholds(args.thresholds, arch.num_exits), out)
+    print(f"wrote {out}")
+    return 0
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -122,14 +129,11 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     from exitnas._config import load_config
-    from exitnas.data import load_dataset
-    from exitnas.evaluators._latency import profile_space
-    from exitnas.training import resolve_device, space_for
+    from exitnas.evaluators import profile_space
+    from exitnas.experiment import Experiment
 
-    cfg = load_config(args.config, args.overrides)
-    splits = load_dataset(cfg.data)
-    device = resolve_device(args.device)
-    table = profile_space(space_for(cfg, splits), splits.image_size, device, repeats=args.repeats)
+    exp = Experiment(load_config(args.config, args.overrides), device=args.device)
+    table = profile_space(exp.space, exp.splits.image_size, exp.device, repeats=args.repeats)
     table.save(args.out)
     print(f"measured {len(table.entries)} ops on {table.device_name}; wrote {args.out}")
     return 0

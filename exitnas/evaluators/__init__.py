@@ -6,7 +6,8 @@ from exitnas.evaluators._cache import ExitCache, ExitCacheStore, build_exit_cach
 from exitnas.evaluators._cost import ExitCosts, count_macs, exit_costs
 from exitnas.evaluators._evaluator import Evaluator, weights_digest
 from exitnas.evaluators._graphs import GraphedEarlyExit
-from exitnas.evaluators._policy import ExitPolicy, PolicyResult, check_thresholds
+from exitnas.evaluators._latency import LatencyTable, profile_space
+from exitnas.evaluators._policy import ExitPolicy, PolicyResult, check_thresholds, read_thresholds
 from exitnas.evaluators._protocols import (
     DEFAULT_P_SWEEP,
     CurvePoint,
@@ -32,6 +33,7 @@ __all__ = [
     "ExitCosts",
     "ExitPolicy",
     "GraphedEarlyExit",
+    "LatencyTable",
     "PolicyResult",
     "anytime",
     "budgeted_batch",
@@ -41,6 +43,8 @@ __all__ = [
     "exit_costs",
     "fit_budgeted_thresholds",
     "oracle",
+    "profile_space",
+    "read_thresholds",
     "recalibrate_bn",
     "recalibrated_subnet",
     "target_shares",

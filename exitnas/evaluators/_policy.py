@@ -15,7 +15,7 @@ import numpy as np
 from exitnas._errors import UserError
 from exitnas.evaluators._cache import ExitCache
 
-__all__ = ["PolicyResult", "ExitPolicy", "check_thresholds"]
+__all__ = ["PolicyResult", "ExitPolicy", "check_thresholds", "read_thresholds"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,17 @@ def check_thresholds(thresholds: np.ndarray | list[float] | tuple[float, ...], n
     if not np.all((t >= 0) & (t <= 1)):
         raise UserError("thresholds must lie in [0, 1]")
     return t
+
+
+def read_thresholds(text: str | None, num_exits: int) -> np.ndarray | None:
+    """Comma-separated thresholds (a CLI flag) as one vector, checked; None when not given."""
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--thresholds {text!r} must be comma-separated numbers") from None
+    return check_thresholds(values, num_exits)[0]
 
 
 class ExitPolicy:

@@ -16,6 +16,7 @@ from exitnas.results._evaluate import (
     stage_exit_arch,
     static_largest_arch,
 )
+from exitnas.results._evaluate_arch import evaluate_arch, read_arch
 from exitnas.results._export import ExportResult, export_trial, load_trial, write_export
 from exitnas.results._figures import (
     plot_curves,
@@ -44,6 +45,7 @@ __all__ = [
     "build_report",
     "choose_trial",
     "default_out_dir",
+    "evaluate_arch",
     "export_trial",
     "get_curves_info",
     "get_histogram_info",
@@ -59,6 +61,7 @@ __all__ = [
     "plot_front",
     "plot_histogram",
     "plot_progress",
+    "read_arch",
     "refit_thresholds",
     "retrain_export",
     "spread_points",

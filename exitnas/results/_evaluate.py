@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from exitnas._errors import UserError
+from exitnas._trial_codec import decode_trial
 from exitnas.evaluators import (
     CurvePoint,
     Evaluator,
@@ -21,8 +22,9 @@ from exitnas.evaluators import (
     budgeted_batch,
     oracle,
 )
-from exitnas.results._front import FrontInfo, TrialRecord
-from exitnas.search_space import ArchConfig, SearchSpace
+from exitnas.experiment import Experiment
+from exitnas.results._front import FrontInfo
+from exitnas.search_space import ArchConfig, Candidate, Measured, SearchSpace
 
 __all__ = [
     "CHOICE_RULE",
@@ -34,12 +36,10 @@ __all__ = [
     "get_histogram_info",
     "get_test_info",
     "open_evaluator",
-    "resolve_checkpoint",
     "spread_points",
     "stage_exit_arch",
     "static_largest_arch",
-    "trial_arch",
-    "trial_thresholds",
+    "trial_candidate",
 ]
 
 MAX_POINTS = 12
@@ -82,25 +82,16 @@ def spread_points(front: FrontInfo, max_points: int = MAX_POINTS, include: tuple
     return sorted(numbers, key=lambda n: (front.trial(n).mmacs, n))
 
 
-# -- archs -------------------------------------------------------------------------------------
-def trial_arch(record: TrialRecord, space: SearchSpace) -> ArchConfig:
-    """The trial's stored ``arch`` attribute, checked against ``space``."""
-    d = record.user_attrs.get("arch")
-    if not isinstance(d, dict):
-        raise UserError(f"trial {record.number} stores no arch; is this an exitnas study?")
-    return space.validate(ArchConfig.from_dict(d))
-
-
-def trial_thresholds(record: TrialRecord, arch: ArchConfig) -> np.ndarray:
-    """The thresholds the search evaluated: the exact sampled ``thr_<s>_<b>`` parameters when
-    stored (the ``thresholds`` attribute is rounded to 6 digits), else that attribute."""
-    names = [f"thr_{s}_{b}" for s, b in arch.exits[:-1]]
-    if all(n in record.params for n in names):
-        return np.array([float(record.params[n]) for n in names], dtype=np.float64)
-    t = np.asarray(record.user_attrs.get("thresholds", []), dtype=np.float64)
-    if len(t) != arch.num_exits - 1:
-        raise UserError(f"trial {record.number} stores {len(t)} thresholds for {arch.num_exits} exits")
-    return t
+# -- archs ---------------------------------------------------------------------------------------
+def trial_candidate(front: FrontInfo, number: int, evaluator: Evaluator) -> Candidate:
+    """The candidate trial ``number`` evaluated, decoded through the search's codec, checked
+    against the evaluator's space, with its stored val accuracy and cost."""
+    rec = front.trial(number)
+    rule = front.study_user_attrs.get("exit_rule", "threshold")
+    measured = Measured(rec.accuracy, rec.mmacs, front.cost_unit)
+    cand = decode_trial(rec.number, rec.params, rec.user_attrs, evaluator.space, exit_rule=rule,
+                        confidence=evaluator.kind, measured=measured)
+    return cand
 
 
 def static_largest_arch(space: SearchSpace) -> ArchConfig:
@@ -117,50 +108,10 @@ def stage_exit_arch(space: SearchSpace) -> ArchConfig:
 
 
 # -- the evaluator -----------------------------------------------------------------------------
-def resolve_checkpoint(front: FrontInfo, checkpoint: str | Path | None) -> Path:
-    """``checkpoint`` if given, else the one the search recorded on the study; it must exist."""
-    if checkpoint is None:
-        recorded = front.study_user_attrs.get("checkpoint")
-        if not recorded:
-            raise UserError(f"study {front.study_name!r} records no supernet checkpoint; pass --checkpoint")
-        path = Path(recorded)
-        if not path.is_file():
-            raise UserError(f"checkpoint {path} recorded by study {front.study_name!r} does not exist; "
-                            "pass --checkpoint")
-        return path
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    return path
-
-
-def open_evaluator(front: FrontInfo, checkpoint: str | Path, device: str = "auto") -> Evaluator:
-    """An :class:`Evaluator` measuring as the search did: the study's data, recalibration and
-    confidence settings (from its ``config`` attribute, else the checkpoint's config)."""
-    from exitnas._config import ExperimentConfig
-    from exitnas.data import load_dataset
-    from exitnas.training import (
-        load_checkpoint,
-        load_supernet,
-        resolve_device,
-        space_for,
-    )
-
-    state = load_checkpoint(checkpoint)
-    cfg = ExperimentConfig.from_dict(front.study_user_attrs.get("config") or state["config"])
-    splits = load_dataset(cfg.data)
-    space = space_for(cfg, splits)
-    theirs = front.study_user_attrs.get("exitnas_space")
-    if theirs is not None and not space.matches(theirs):
-        raise UserError(f"study {front.study_name!r} searched another search space than its config describes")
-    if not space.matches(state["space"]):
-        raise UserError(f"checkpoint {checkpoint} is of another search space than study {front.study_name!r}; "
-                        "pass the supernet the study searched")
-    dev = resolve_device(device)
-    supernet, _ = load_supernet(checkpoint, space, map_location=dev)
-    cache_dir = cfg.search.cache_dir if cfg.search.cache_dir and Path(cfg.search.cache_dir).is_dir() else None
-    return Evaluator(supernet, splits, recal_images=cfg.search.recal_images, kind=cfg.search.confidence,
-                     cache_dir=cache_dir, device=dev, seed=cfg.search.seed)
+def open_evaluator(front: FrontInfo, checkpoint: str | Path | None, device: str | None = None) -> Evaluator:
+    """The :class:`Evaluator` of the experiment the study searched (its data, recalibration,
+    confidence and seed; ``checkpoint`` or the supernet the study recorded)."""
+    return Experiment.from_study(front.study_user_attrs, front.study_name, checkpoint, device=device).evaluator
 
 
 # -- test numbers ------------------------------------------------------------------------------
@@ -208,8 +159,8 @@ def get_test_info(front: FrontInfo, evaluator: Evaluator, trials: list[int]) -> 
     out = []
     for n in trials:
         rec = front.trial(n)
-        arch = trial_arch(rec, evaluator.space)
-        thr = trial_thresholds(rec, arch)
+        cand = trial_candidate(front, n, evaluator)
+        arch, thr = cand.arch, np.asarray(cand.thresholds, dtype=np.float64)
         caches = evaluator.caches(arch, ("val", "test"))
         val = ExitPolicy(caches["val"]).evaluate(thr)
         test = ExitPolicy(caches["test"]).evaluate(thr)
@@ -256,9 +207,8 @@ class CurvesInfo:
 
 def get_curves_info(front: FrontInfo, evaluator: Evaluator, trial: int) -> CurvesInfo:
     """Budgeted-batch, anytime and oracle of ``trial``'s arch on test, with the baselines."""
-    rec = front.trial(trial)
-    arch = trial_arch(rec, evaluator.space)
-    thr = trial_thresholds(rec, arch)
+    cand = trial_candidate(front, trial, evaluator)
+    arch, thr = cand.arch, np.asarray(cand.thresholds, dtype=np.float64)
     c = evaluator.caches(arch, ("val", "test"))
     res = ExitPolicy(c["test"]).evaluate(thr)
     searched = CurvePoint(float(res.expected_macs[0]), float(res.accuracy[0]), None, tuple(float(v) for v in thr),

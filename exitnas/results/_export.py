@@ -16,6 +16,8 @@ from safetensors.torch import save_file
 
 from exitnas._errors import UserError
 from exitnas._io import atomic_write
+from exitnas.evaluators import ExitPolicy
+from exitnas.experiment import Experiment
 from exitnas.results._model import (
     EXPORT_FORMAT,
     EarlyExitModel,
@@ -23,7 +25,7 @@ from exitnas.results._model import (
     deploy_model,
     sha256_file,
 )
-from exitnas.search_space import ArchConfig, StaticNet
+from exitnas.search_space import ArchConfig, Candidate, StaticNet
 
 __all__ = ["ExportResult", "export_trial", "library_versions", "load_trial", "write_export"]
 
@@ -68,56 +70,50 @@ def load_trial(storage: str, study_name: str, number: int | None) -> tuple[optun
 
 
 def export_trial(storage: str, study_name: str, number: int | None, out: str | Path,
-                 checkpoint: str | None = None, onnx: bool = True) -> ExportResult:
-    """Export one trial: recalibrated inherited weights, its thresholds and provenance."""
-    from exitnas._config import ExperimentConfig
-    from exitnas.data import load_dataset
-    from exitnas.evaluators import Evaluator, ExitPolicy
-    from exitnas.training import load_supernet, space_for
+                 checkpoint: str | None = None, onnx: bool = True, device: str | None = None) -> ExportResult:
+    """Export one trial: its candidate, the inherited weights recalibrated as the search did
+    (on the experiment's device), the metrics on val and test, and provenance."""
+    from exitnas.results._evaluate import trial_candidate
+    from exitnas.results._front import load_front
 
     study, trial = load_trial(storage, study_name, number)
-    checkpoint = checkpoint or study.user_attrs.get("checkpoint")
-    if not checkpoint:
-        raise UserError(f"study {study_name!r} does not name its supernet checkpoint; pass --checkpoint")
-    cfg = ExperimentConfig.from_dict(study.user_attrs["config"]) if "config" in study.user_attrs else None
-    supernet, state = load_supernet(checkpoint)
-    if cfg is None:
-        cfg = ExperimentConfig.from_dict(state["config"])
-    splits = load_dataset(cfg.data)
-    space = space_for(cfg, splits)
-    if space.to_dict() != supernet.space.to_dict():
-        raise UserError(f"checkpoint {checkpoint} is of another search space than study {study_name!r}")
-    arch = space.validate(ArchConfig.from_dict(trial.user_attrs["arch"]))
-    thresholds = [float(t) for t in trial.user_attrs.get("thresholds", [])]
-    ev = Evaluator(supernet, splits, recal_images=cfg.search.recal_images, kind=cfg.search.confidence,
-                   seed=cfg.search.seed)
-    net = ev.subnet(arch)
-    caches = ev.caches(arch, ("val", "test"))
+    exp = Experiment.from_study(study.user_attrs, study_name, checkpoint, device=device)
+    cand = trial_candidate(load_front(storage, study_name), trial.number, exp.evaluator)
+    net = exp.evaluator.subnet(cand.arch)
+    exit_ms = trial.user_attrs.get("exit_ms")  # a latency search's ms of leaving at each exit
+    meta = {**cand.to_dict(), "space": exp.space.to_dict(), "experiment": exp.cfg.to_dict(),
+            "costs": exp.evaluator.costs(cand.arch).to_dict(), "metrics": export_metrics(exp, cand, exit_ms)}
+    if exit_ms is not None:
+        meta["exit_ms"] = [float(v) for v in exit_ms]
+    meta["provenance"] = {
+        "source": "inherited from the supernet (BN recalibrated)",
+        "storage": storage, "study": study_name, "trial": trial.number,
+        "values": dict(zip(["val_accuracy", _metric_name(study)], trial.values)),
+        "checkpoint": str(exp.checkpoint), "checkpoint_sha256": sha256_file(exp.checkpoint),
+        "bn_recalibration_images": len(exp.evaluator.recal_x), "device": str(exp.device),
+    }
+    s = exp.splits
+    return write_export(out, net, meta, list(s.mean), list(s.std), exp.input_shape, onnx)
+
+
+def _metric_name(study: optuna.Study) -> str:
+    return (study.metric_names or ["val_accuracy", "expected_MMACs"])[1]
+
+
+def export_metrics(exp: Experiment, cand: Candidate, exit_ms: list[float] | None = None) -> dict[str, Any]:
+    """Accuracy, expected MMACs (and ms, after a latency search), exit histogram and per-exit
+    accuracy of the candidate on val and test."""
+    caches = exp.evaluator.caches(cand.arch, ("val", "test"))
     metrics: dict[str, Any] = {}
     for split, cache in caches.items():
-        r = ExitPolicy(cache).evaluate(thresholds)
+        r = ExitPolicy(cache).evaluate(list(cand.thresholds))
         metrics[split] = {"accuracy": float(r.accuracy[0]), "expected_mmacs": float(r.expected_macs[0]) / 1e6,
                           "exit_histogram": r.histogram[0].tolist(),
                           "exit_accuracy": [float(a) for a in cache.exit_accuracy()]}
-    costs = ev.costs(arch)
-
-    meta = {
-        "arch": arch.to_dict(),
-        "thresholds": thresholds,
-        "confidence": cfg.search.confidence,
-        "space": space.to_dict(),
-        "experiment": cfg.to_dict(),
-        "costs": costs.to_dict(),
-        "metrics": metrics,
-        "provenance": {
-            "source": "inherited from the supernet (BN recalibrated)",
-            "storage": storage, "study": study_name, "trial": trial.number,
-            "values": {"val_accuracy": trial.values[0], "expected_MMACs": trial.values[1]},
-            "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
-            "bn_recalibration_images": len(ev.recal_x),
-        },
-    }
-    return write_export(out, net, meta, list(splits.mean), list(splits.std), tuple(splits.train_x.shape[1:]), onnx)
+        if exit_ms is not None:
+            metrics[split]["expected_ms"] = float(ExitPolicy(cache, exit_ms).evaluate(list(cand.thresholds))
+                                                  .expected_macs[0])
+    return metrics
 
 
 def write_export(out: str | Path, net: StaticNet, meta: dict[str, Any], mean: list[float], std: list[float],

@@ -79,6 +79,11 @@ class FrontInfo:
                         f"(complete: {_ranges(nums)})")
 
     @property
+    def cost_unit(self) -> str:
+        """``ms`` for a latency study (metric ``expected_ms``), else ``MMACs``."""
+        return "ms" if len(self.metric_names) > 1 and self.metric_names[1] == "expected_ms" else "MMACs"
+
+    @property
     def pareto_trials(self) -> list[TrialRecord]:
         return [self.trial(n) for n in self.pareto]
 

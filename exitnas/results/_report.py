@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from exitnas._errors import UserError
+from exitnas.experiment import Experiment
 from exitnas.results._evaluate import (
     CHOICE_RULE,
     MAX_POINTS,
@@ -25,8 +26,6 @@ from exitnas.results._evaluate import (
     get_curves_info,
     get_histogram_info,
     get_test_info,
-    open_evaluator,
-    resolve_checkpoint,
     spread_points,
 )
 from exitnas.results._figures import (
@@ -88,7 +87,7 @@ def default_out_dir(storage_url: str, study_name: str) -> Path:
 
 
 def build_report(storage_url: str, study_name: str | None, checkpoint: str | Path | None = None,
-                 out_dir: str | Path | None = None, trial: int | None = None, *, device: str = "auto",
+                 out_dir: str | Path | None = None, trial: int | None = None, *, device: str | None = None,
                  max_points: int = MAX_POINTS, upload: bool = True) -> ReportResult:
     """Measure a study's chosen trials on test and write one HTML report with its figures.
 
@@ -103,7 +102,7 @@ def build_report(storage_url: str, study_name: str | None, checkpoint: str | Pat
         checkpoint: The supernet the study searched (None: the one the study recorded).
         out_dir: Output folder (None: ``report-<study>`` beside the database file).
         trial: The trial to draw curves for (None: the default rule).
-        device: Where subnets run (``auto``: the GPU if there is one).
+        device: Where subnets run (default: the experiment's ``train.device``).
         max_points: Pareto trials measured on test, spread along MMACs.
         upload: Attach the report and figures to the study as Optuna artifacts
             (``<out_dir>/artifacts``). Each call uploads new ones; earlier ones stay.
@@ -114,8 +113,8 @@ def build_report(storage_url: str, study_name: str | None, checkpoint: str | Pat
     """
     front = load_front(storage_url, study_name)
     chosen = choose_trial(front, trial)
-    ckpt = resolve_checkpoint(front, checkpoint)
-    evaluator = open_evaluator(front, ckpt, device)
+    exp = Experiment.from_study(front.study_user_attrs, front.study_name, checkpoint, device=device)
+    evaluator, ckpt = exp.evaluator, exp.checkpoint
 
     tests = tuple(get_test_info(front, evaluator, spread_points(front, max_points, include=(chosen,))))
     curves = get_curves_info(front, evaluator, chosen)

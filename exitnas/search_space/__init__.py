@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from exitnas.search_space._arch import ARCH_FORMAT_VERSION, ArchConfig
+from exitnas.search_space._candidate import CANDIDATE_FORMAT, Candidate, Measured
 from exitnas.search_space._combine import COMBINERS
 from exitnas.search_space._ensemble import ENSEMBLES, GeometricEnsemble, fit_ensemble
 from exitnas.search_space._gate import GATES, GatedMultiScaleConv2d, RingMacs
@@ -15,6 +16,9 @@ from exitnas.search_space._supernet import Supernet
 __all__ = [
     "ARCH_FORMAT_VERSION",
     "ArchConfig",
+    "CANDIDATE_FORMAT",
+    "Candidate",
+    "Measured",
     "COMBINERS",
     "ENSEMBLES",
     "GeometricEnsemble",

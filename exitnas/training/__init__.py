@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from exitnas.training._checkpoint import (
     atomic_write_bytes,
+    check_space,
     load_checkpoint,
     save_checkpoint,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "LOSSES",
     "TrainResult",
     "atomic_write_bytes",
+    "check_space",
     "gate_penalty",
     "load_checkpoint",
     "load_supernet",

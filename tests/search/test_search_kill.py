@@ -16,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from exitnas._storage import open_storage
+from exitnas.experiment import Experiment
 from exitnas.search import create_or_load_study
 
 BEFORE_KILL, TARGET = 3, 6
@@ -39,7 +40,7 @@ def test_killed_worker_loses_no_trial_and_its_trial_is_retried(
         tmp_path: Path, worker_cmd: Callable[..., list[str]], env: dict[str, str]) -> None:
     url = request.getfixturevalue("postgres") if kind == "postgresql" else f"sqlite:///{tmp_path / 'study.db'}"
     cfg = make_cfg(url, study=f"kill-{kind}", trials=TARGET, sampler="random")
-    create_or_load_study(cfg, trained.space)
+    create_or_load_study(Experiment(cfg))
     hang = tmp_path / "hung-trial"
     heartbeat = ["--heartbeat", f"{HEARTBEAT},{GRACE}"]
     proc = subprocess.Popen(worker_cmd(cfg, 0, None, *heartbeat, "--hang-after", str(BEFORE_KILL),

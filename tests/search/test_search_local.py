@@ -15,7 +15,8 @@ from optuna.trial import FixedTrial, TrialState
 
 from exitnas._samplers import SAMPLERS
 from exitnas.cli import main
-from exitnas.search import DIRECTIONS, METRIC_NAMES, SearchContext, create_or_load_study, suggest_arch
+from exitnas.experiment import Experiment
+from exitnas.search import DIRECTIONS, METRIC_NAMES, ArchObjective, create_or_load_study, suggest_arch
 from exitnas.search_space import ArchConfig, SearchSpace
 
 N_TRIALS = 6
@@ -121,20 +122,20 @@ def test_same_study_name_resumes(searched: Path, tmp_path: Path, search_args: Ca
 def test_threshold_only_change_reuses_the_exit_cache(trained: Any, make_cfg: Callable[..., Any],
                                                      tmp_path: Path) -> None:
     cfg = make_cfg(f"sqlite:///{tmp_path / 'cache.db'}")
-    ctx = SearchContext.build(cfg, trained.checkpoint)
-    study = create_or_load_study(cfg, ctx.evaluator.space)
-    space = ctx.evaluator.space
+    exp = Experiment(cfg, trained.checkpoint)
+    study = create_or_load_study(exp)
+    space = exp.space
     a = _params(space, depth=2, width=1.0, ratio=0.0, exit_on=1, thr=0.0)
     b = {**a, **{k: 1.0 for k in a if k.startswith("thr_")}}
     assert {k for k in a if a[k] != b[k]} <= {k for k in a if k.startswith("thr_")}
     study.enqueue_trial(a)
     study.enqueue_trial(b)
-    study.optimize(ctx.objective, n_trials=2)
+    study.optimize(ArchObjective.for_experiment(exp), n_trials=2)
     first, second = study.get_trials()
     assert first.user_attrs["arch"] == second.user_attrs["arch"]
     assert first.user_attrs["cache_reused"] is False
     assert second.user_attrs["cache_reused"] is True
-    assert ctx.evaluator.forward_passes == 1
+    assert exp.evaluator.forward_passes == 1
     # Threshold 0: everyone leaves at the first exit; threshold 1: (almost) no one leaves early.
     assert first.user_attrs["exit_histogram"][0] == trained.val_images
     assert second.values[1] > first.values[1]
@@ -174,8 +175,8 @@ def test_every_sampler_searches_the_static_space(sampler: str, trained: Any, tmp
 def test_budget_is_a_constraint_and_the_front_keeps_to_it(trained: Any, make_cfg: Callable[..., Any],
                                                           tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'budget.db'}"
-    probe = SearchContext.build(make_cfg(url), trained.checkpoint)
-    space = probe.evaluator.space
+    probe = Experiment(make_cfg(url), trained.checkpoint)
+    space = probe.space
     small = _params(space, depth=1, width=0.5, ratio=0.0, exit_on=0, thr=0.5)
     large = _params(space, depth=2, width=1.0, ratio=1.0, exit_on=0, thr=0.5)
     # With every early exit off, a trial costs its final exit's MACs.
@@ -183,11 +184,11 @@ def test_budget_is_a_constraint_and_the_front_keeps_to_it(trained: Any, make_cfg
             for name, p in (("small", small), ("large", large))}
     budget = (cost["small"] + cost["large"]) / 2
     cfg = make_cfg(url, budget_mmacs=budget, sampler="random")
-    ctx = SearchContext.build(cfg, trained.checkpoint)
-    study = create_or_load_study(cfg, space)
+    exp = Experiment(cfg, trained.checkpoint)
+    study = create_or_load_study(exp)
     study.enqueue_trial(small)
     study.enqueue_trial(large)
-    study.optimize(ctx.objective, n_trials=8)
+    study.optimize(ArchObjective.for_experiment(exp), n_trials=8)
     trials = study.get_trials()
     for t in trials:
         assert t.constraints == {"mmacs_over_budget": pytest.approx(t.values[1] - budget)}

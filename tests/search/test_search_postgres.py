@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from exitnas._storage import open_storage
+from exitnas.experiment import Experiment
 from exitnas.search import METRIC_NAMES, create_or_load_study
 
 WORKERS, EACH = 4, 25
@@ -21,7 +22,7 @@ def test_four_workers_complete_exactly_their_trials(trained: Any, make_cfg: Call
                                                     worker_cmd: Callable[..., list[str]],
                                                     env: dict[str, str]) -> None:
     cfg = make_cfg(postgres, study="four-workers", trials=WORKERS * EACH)
-    create_or_load_study(cfg, trained.space)  # once, before any worker (table creation races)
+    create_or_load_study(Experiment(cfg))  # once, before any worker (table creation races)
     procs = [subprocess.Popen(worker_cmd(cfg, w, EACH), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env) for w in range(WORKERS)]
     outs = []

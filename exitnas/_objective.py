@@ -1,0 +1,84 @@
+"""The search objective: a trial → a :class:`Candidate` measured on val → (accuracy, expected cost).
+
+It knows how to turn a trial into a candidate (through the codec) and which numbers to return;
+how accuracy and cost are measured is the :class:`~exitnas.evaluators.Evaluator`'s business.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import optuna
+
+from exitnas._trial_codec import suggest_arch, write_candidate
+from exitnas.evaluators import EXIT_RULES, Evaluator, ExitCache, ExitPolicy, LatencyTable, bof_thresholds
+from exitnas.experiment import COST_UNITS, CostUnit, Experiment
+from exitnas.search_space import ArchConfig, Candidate, Measured
+
+__all__ = ["ArchObjective"]
+
+
+class ArchObjective:
+    """Trial → (validation accuracy, expected MMACs or ms), with the breakdown as user attributes.
+
+    Args:
+        evaluator: Measures archs (its confidence measure is the candidates').
+        budget_mmacs: A constraint on expected MMACs (val), if any.
+        latency: A latency table: the second objective is then expected ms.
+        worker: Tag of this worker on its trials (default ``host:pid``).
+        exit_rule: ``threshold`` or ``bof`` (``search.exit_rule``).
+    """
+
+    def __init__(self, evaluator: Evaluator, budget_mmacs: float | None = None,
+                 latency: LatencyTable | None = None, worker: str | None = None,
+                 exit_rule: str = "threshold") -> None:
+        self.evaluator = evaluator
+        self.exit_rule = EXIT_RULES.get(exit_rule)
+        self.space = evaluator.space
+        self.budget_mmacs = budget_mmacs
+        self.latency = latency
+        self.unit: CostUnit = COST_UNITS["latency" if latency is not None else "macs"]
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+
+    @classmethod
+    def for_experiment(cls, exp: Experiment, worker: str | None = None) -> ArchObjective:
+        sc = exp.cfg.search
+        return cls(exp.evaluator, sc.budget_mmacs, exp.latency, worker, sc.exit_rule)
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        # Tagged before any work, so a trial left RUNNING by a dead worker can be found.
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("worker_pid", os.getpid())
+        arch, thresholds = suggest_arch(trial, self.space, self.exit_rule)
+        before = self.evaluator.forward_passes
+        if self.exit_rule == "bof":
+            caches = self.evaluator.caches(arch, ("train", "val"))
+            thresholds = bof_thresholds(caches["train"], trial.params["beta"])
+            trial.set_user_attr("train_confidence", caches["train"].confidence.mean(axis=1).round(6).tolist())
+        cache = self.evaluator.cache(arch, "val")
+        res = ExitPolicy(cache).evaluate(thresholds)
+        acc, mmacs = float(res.accuracy[0]), float(res.expected_macs[0]) / 1e6
+        cost = mmacs
+        if self.latency is not None:
+            exit_ms = self.latency.exit_latency(self.space, arch)
+            cost = float(ExitPolicy(cache, exit_ms).evaluate(thresholds).expected_macs[0])
+            trial.set_user_attr("exit_ms", exit_ms)
+            trial.set_user_attr("expected_MMACs", mmacs)
+        candidate = Candidate(arch, tuple(float(t) for t in thresholds), self.evaluator.kind, self.exit_rule,
+                              Measured(acc, cost, self.unit.unit))
+        write_candidate(trial, candidate)
+        self._breakdown(trial, arch, cache, res.histogram[0].tolist())
+        trial.set_user_attr("cache_reused", self.evaluator.forward_passes == before)
+        if self.budget_mmacs is not None:
+            trial.set_constraint("mmacs_over_budget", mmacs - self.budget_mmacs)
+        return acc, cost
+
+    def _breakdown(self, trial: optuna.Trial, arch: ArchConfig, cache: ExitCache, histogram: list[int]) -> None:
+        """Per-exit numbers for the dashboard and the report."""
+        costs = self.evaluator.costs(arch)
+        trial.set_user_attr("exit_accuracy", [round(float(a), 6) for a in cache.exit_accuracy()])
+        trial.set_user_attr("exit_histogram", histogram)
+        trial.set_user_attr("exit_mmacs", [m / 1e6 for m in cache.exit_macs()])
+        trial.set_user_attr("head_mmacs", [m / 1e6 for m in costs.head_macs])
+        trial.set_user_attr("params", list(costs.params))

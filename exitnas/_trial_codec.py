@@ -1,0 +1,89 @@
+"""Trial ↔ candidate: the one codec between Optuna's parameters and exitnas's :class:`Candidate`.
+
+:func:`suggest_arch` is the only place ``trial.suggest_*`` is called. Reading a stored trial
+back replays the same function on Optuna's :class:`~optuna.trial.FixedTrial` of its parameters
+(:func:`decode_trial`), so the search, the report and the export cannot disagree on what a
+trial's parameters mean.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import optuna
+
+from exitnas._errors import UserError
+from exitnas.evaluators import BOF_BETA_RANGE, EXIT_RULES
+from exitnas.search_space import ArchConfig, Candidate, Measured, SearchSpace
+
+__all__ = ["CANDIDATE_ATTR", "decode_trial", "suggest_arch", "write_candidate"]
+
+#: The trial user attribute that holds :meth:`Candidate.to_dict`.
+CANDIDATE_ATTR = "candidate"
+
+
+def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace,
+                 exit_rule: str = "threshold") -> tuple[ArchConfig, np.ndarray]:
+    """An arch and its thresholds from a trial (a live one, or a :class:`FixedTrial` replaying one).
+
+    The Optuna space is static (DESIGN §5): every trial suggests a ratio for every block
+    slot and an on/off, head and threshold for every candidate exit, used or not, so
+    evolutionary and relative samplers can learn from all of them. With the ``bof`` exit
+    rule the trial suggests one ``beta`` instead of the thresholds, and the returned
+    array holds ``beta`` once per non-final exit: multiply it by the exits' mean training
+    confidences (:func:`~exitnas.evaluators.bof_thresholds`) to get thresholds.
+    """
+    EXIT_RULES.get(exit_rule)
+    depths = [trial.suggest_categorical(f"depth_{s}", list(space.depth_choices)) for s in range(space.num_stages)]
+    widths = [trial.suggest_categorical(f"width_{s}", list(space.width_choices)) for s in range(space.num_stages)]
+    ratios, on, heads, thr = {}, {}, {}, {}
+    for s, b in space.candidate_exits():
+        ratios[s, b] = trial.suggest_categorical(f"ratio_{s}_{b}", list(space.ratio_choices))
+        on[s, b] = trial.suggest_categorical(f"exit_{s}_{b}", [0, 1])
+        heads[s, b] = trial.suggest_categorical(f"head_{s}_{b}", list(space.head_choices))
+        if exit_rule == "threshold":
+            thr[s, b] = trial.suggest_float(f"thr_{s}_{b}", 0.0, 1.0)
+    if exit_rule == "bof":
+        beta = trial.suggest_float("beta", *BOF_BETA_RANGE)
+        thr = {p: beta for p in space.candidate_exits()}
+    blocks = [(s, b) for s in range(space.num_stages) for b in range(depths[s])]
+    exits = [p for p in blocks[:-1] if on[p]] + [blocks[-1]]
+    arch = ArchConfig(space.name, tuple(depths), tuple(float(w) for w in widths),
+                      tuple(tuple(float(ratios[s, b]) for b in range(depths[s])) for s in range(space.num_stages)),
+                      tuple(exits), tuple(heads[p] for p in exits))
+    return space.validate(arch), np.array([thr[p] for p in exits[:-1]], dtype=np.float64)
+
+
+def write_candidate(trial: optuna.Trial, candidate: Candidate) -> None:
+    """Store ``candidate`` on its trial; ``arch`` and ``thresholds`` also on their own for the dashboard."""
+    trial.set_user_attr(CANDIDATE_ATTR, candidate.to_dict())
+    trial.set_user_attr("arch", candidate.arch.to_dict())
+    trial.set_user_attr("thresholds", list(candidate.thresholds))
+
+
+def decode_trial(number: int, params: dict[str, Any], user_attrs: dict[str, Any], space: SearchSpace, *,
+                 exit_rule: str = "threshold", confidence: str = "maxprob",
+                 measured: Measured | None = None) -> Candidate:
+    """The candidate a stored trial evaluated, its arch replayed from its parameters.
+
+    Thresholds come from the same replay under the ``threshold`` rule (exact, as sampled); the
+    ``bof`` rule's depend on the training cache, so they are read from the stored candidate.
+    A stored arch that differs from the replayed one means the study was searched on another
+    space (or edited): :class:`UserError`.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a value outside today's choices is caught by validate
+        try:
+            arch, thr = suggest_arch(optuna.trial.FixedTrial(params), space, exit_rule)
+        except (ValueError, KeyError) as e:
+            raise UserError(f"trial {number} cannot be read as an arch of this search space ({e})") from None
+    stored = user_attrs.get(CANDIDATE_ATTR) or {}
+    if "arch" in user_attrs and ArchConfig.from_dict(user_attrs["arch"]) != arch:
+        raise UserError(f"trial {number} stores an arch that its parameters do not give; "
+                        "was the study searched on another search space?")
+    if exit_rule == "bof":
+        thr = np.asarray(stored.get("thresholds", user_attrs.get("thresholds", [])), dtype=np.float64)
+    confidence = str(stored.get("confidence", confidence))
+    return Candidate(arch, tuple(float(t) for t in thr), confidence, exit_rule, measured)
