@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from exitnas._errors import UserError
+
+if TYPE_CHECKING:
+    from exitnas.experiment import Experiment
 
 __all__ = ["main"]
 
@@ -47,15 +50,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from exitnas.evaluators import read_thresholds
-    from exitnas.experiment import Experiment
     from exitnas.results import evaluate_arch, read_arch
 
-    exp = Experiment.from_checkpoint(args.checkpoint, args.config, tuple(args.overrides))
+    exp = _open_experiment(args)
     arch = read_arch(args.arch, exp.space)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("evaluate.json")
+    out = Path(args.out) if args.out else exp.checkpoint.with_name("evaluate.json")
     evaluate_arch(exp, arch, read_thresholds(args.thresholds, arch.num_exits), out)
     print(f"wrote {out}")
     return 0
+
+
+def _open_experiment(args: argparse.Namespace) -> Experiment:
+    """The experiment a study searched (``--storage``/``--study``), else a checkpoint's own."""
+    from exitnas.experiment import Experiment
+
+    if args.storage:
+        from exitnas.results import open_study
+
+        if args.config or args.overrides:
+            raise UserError("--config and --set do not apply with --storage: the study records its experiment")
+        study = open_study(args.storage, args.study)
+        return Experiment.from_study(study.user_attrs, study.study_name, args.checkpoint)
+    if not args.checkpoint:
+        raise UserError("give --checkpoint (a trained supernet) or --storage (a study that searched one)")
+    return Experiment.from_checkpoint(args.checkpoint, args.config, tuple(args.overrides))
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -219,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate one architecture of a trained supernet")
     _add_config_args(p)
-    p.add_argument("--checkpoint", required=True, help="supernet checkpoint (supernet.pt)")
+    p.add_argument("--checkpoint", help="supernet checkpoint (supernet.pt; default with --storage: the study's)")
+    p.add_argument("--storage", help="measure as this study's search did (its data, recalibration, confidence)")
+    p.add_argument("--study", help="with --storage: the study (default: the storage's only study)")
     p.add_argument("--arch", required=True, help="ArchConfig JSON file (or 'largest' / 'smallest')")
     p.add_argument("--thresholds", help="comma-separated thresholds, one per non-final exit")
     p.add_argument("--out", help="JSON file for the results (default: next to the checkpoint)")

@@ -24,7 +24,7 @@ from exitnas.results._figures import (
     plot_histogram,
     plot_progress,
 )
-from exitnas.results._front import FrontInfo, TrialRecord, load_front, pareto_mask
+from exitnas.results._front import FrontInfo, TrialRecord, load_front, open_study, pareto_mask
 from exitnas.results._hypervolume import ProgressInfo, get_progress_info, hypervolume_2d
 from exitnas.results._model import EarlyExitModel, load_export
 from exitnas.results._report import ReportResult, build_report, default_out_dir
@@ -55,6 +55,7 @@ __all__ = [
     "load_export",
     "load_front",
     "load_trial",
+    "open_study",
     "open_evaluator",
     "pareto_mask",
     "plot_curves",

@@ -1,0 +1,69 @@
+"""The trial codec: what the objective stores is what the codec reads back, and nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import pytest
+
+from exitnas._errors import UserError
+from exitnas._trial_codec import CANDIDATE_ATTR, decode_trial
+from exitnas.experiment import Experiment
+from exitnas.search import ArchObjective, create_or_load_study
+from exitnas.search_space import ArchConfig, Candidate, Measured
+
+
+def _study(make_cfg: Callable[..., Any], trained: Any, tmp_path: Path, n: int, **search: Any) -> tuple[Any, Any]:
+    exp = Experiment(make_cfg(f"sqlite:///{tmp_path / 'codec.db'}", sampler="random", **search), trained.checkpoint)
+    study = create_or_load_study(exp)
+    study.optimize(ArchObjective.for_experiment(exp), n_trials=n)
+    return exp, study
+
+
+@pytest.mark.parametrize("rule", ["threshold", "bof"])
+def test_stored_candidate_is_what_the_codec_decodes(rule: str, trained: Any, make_cfg: Callable[..., Any],
+                                                     tmp_path: Path) -> None:
+    exp, study = _study(make_cfg, trained, tmp_path, 4, exit_rule=rule)
+    for t in study.get_trials():
+        stored = Candidate.from_dict(t.user_attrs[CANDIDATE_ATTR])
+        assert stored.measured == Measured(t.values[0], t.values[1], "MMACs", "val")
+        assert stored.exit_rule == rule and stored.confidence == exp.cfg.search.confidence
+        again = decode_trial(t.number, t.params, t.user_attrs, exp.space, exit_rule=rule,
+                             measured=stored.measured)
+        assert again == stored  # arch, exact thresholds, confidence, rule, measured values
+        assert Candidate.from_dict(stored.to_dict()) == stored
+
+
+def test_a_stored_arch_that_its_params_do_not_give_is_refused(trained: Any, make_cfg: Callable[..., Any],
+                                                               tmp_path: Path) -> None:
+    exp, study = _study(make_cfg, trained, tmp_path, 1)
+    t = study.get_trials()[0]
+    arch = ArchConfig.from_dict(t.user_attrs["arch"])
+    other = exp.space.largest() if arch != exp.space.largest() else exp.space.smallest()
+    attrs = {**t.user_attrs, "arch": other.to_dict()}
+    with pytest.raises(UserError, match="do not give"):
+        decode_trial(t.number, t.params, attrs, exp.space)
+    with pytest.raises(UserError, match="cannot be read"):
+        decode_trial(t.number, {k: v for k, v in t.params.items() if k != "depth_0"}, t.user_attrs, exp.space)
+
+
+def test_candidate_checks_its_thresholds(trained: Any) -> None:
+    arch = trained.space.largest()
+    k = arch.num_exits - 1
+    assert Candidate(arch, (0.5,) * k).cost_unit == "MMACs"
+    for bad in ((0.5,) * (k + 1), (1.5,) + (0.5,) * (k - 1), (float("nan"),) * k):
+        with pytest.raises(UserError):
+            Candidate(arch, bad)
+    with pytest.raises(UserError, match="confidence"):
+        Candidate(arch, (0.5,) * k, confidence="margin")
+
+
+def test_fixed_trial_of_a_live_trial_gives_its_arch(trained: Any, make_cfg: Callable[..., Any], tmp_path: Path) -> None:
+    _, study = _study(make_cfg, trained, tmp_path, 2)
+    for t in study.get_trials():
+        cand = decode_trial(t.number, t.params, {}, trained.space)
+        assert cand.arch.to_dict() == t.user_attrs["arch"]
+        assert list(cand.thresholds) == t.user_attrs["thresholds"]
+    assert isinstance(study, optuna.Study)
