@@ -58,7 +58,7 @@ class ExitCache:
         return self.correct.mean(axis=1)
 
     def save(self, path: str | Path) -> None:
-        from exitnas.training import atomic_write_bytes
+        from exitnas._io import atomic_write_bytes
 
         buf = io.BytesIO()
         extra = {} if self.extra_macs is None else {"extra_macs": self.extra_macs}

@@ -136,7 +136,7 @@ class LatencyTable:
                 "date": self.date, "stat": self.stat, "context_factor": self.context_factor, "runtime": self.runtime}
 
     def save(self, path: str | Path) -> None:
-        from exitnas.training import atomic_write_bytes
+        from exitnas._io import atomic_write_bytes
 
         atomic_write_bytes(path, json.dumps(self.to_dict(), indent=1).encode())
 

@@ -127,7 +127,7 @@ def build_report(storage_url: str, study_name: str | None, checkpoint: str | Pat
         "progress": plot_progress(progress),
     }
 
-    from exitnas.training import atomic_write_bytes
+    from exitnas._io import atomic_write_bytes
 
     out = Path(out_dir) if out_dir is not None else default_out_dir(storage_url, front.study_name)
     fig_paths = {}
