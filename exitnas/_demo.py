@@ -58,7 +58,7 @@ def run_demo(out: Path, quick: bool = False) -> int:
     chosen = report.chosen_trial
     point = next(p for p in report.tests if p.trial == chosen)
     static = report.curves.static
-    print(f"  trial {chosen}: test accuracy {point.test_accuracy:.4f} at {point.test_mmacs:.3f} expected MMACs "
+    print(f"  trial {chosen}: test accuracy {point.test_accuracy:.4f} at {point.test_cost:.3f} expected MMACs "
           f"(static largest subnet: {static.accuracy:.4f} at {static.macs / 1e6:.3f} MMACs)")
     print(f"[4/4] exporting trial {chosen} (inherited weights, TorchScript, ONNX)")
     export = export_trial(cfg.search.storage, cfg.search.study, chosen, out / "export")

@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="supernet checkpoint (default: the one the study was searched on)")
     p.add_argument("--out", help="folder to write (default: report-<study> beside the database file)")
     p.add_argument("--trial", type=int, help="trial to draw curves for (default: the most accurate Pareto "
-                   "point at or below the front's median MMACs)")
+                   "point at or below the front's median expected cost)")
     p.add_argument("--no-artifacts", action="store_true", help="do not attach the files to the study")
     p.set_defaults(func=_cmd_report)
 
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", required=True, help="the study's storage URL")
     p.add_argument("--study", required=True, help="study name")
     p.add_argument("--trial", type=int, help="trial number (default: the report's choice: the most accurate "
-                   "Pareto point at or below the front's median MMACs)")
+                   "Pareto point at or below the front's median expected cost)")
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--checkpoint", help="supernet checkpoint (default: the one the study was searched on)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")

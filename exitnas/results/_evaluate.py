@@ -23,7 +23,7 @@ from exitnas.evaluators import (
     oracle,
 )
 from exitnas.experiment import Experiment
-from exitnas.results._front import FrontInfo
+from exitnas.results._front import FrontInfo, TrialRecord
 from exitnas.search_space import ArchConfig, Candidate, Measured, SearchSpace
 
 __all__ = [
@@ -44,8 +44,8 @@ __all__ = [
 
 MAX_POINTS = 12
 
-CHOICE_RULE = ("the most accurate Pareto point (val) whose expected MMACs are at most the median of the "
-               "front's distinct MMACs: the middle of the front, a balanced trade-off that a few very cheap or "
+CHOICE_RULE = ("the most accurate Pareto point (val) whose expected cost is at most the median of the "
+               "front's distinct costs: the middle of the front, a balanced trade-off that a few very cheap or "
                "very costly points cannot move far")
 
 
@@ -59,19 +59,19 @@ def choose_trial(front: FrontInfo, trial: int | None = None) -> int:
         raise UserError(f"study {front.study_name!r} has no feasible complete trial; choose one with --trial")
     # Over distinct costs: many trials tied at one point (thresholds that change nothing)
     # must not drag the median there.
-    median = float(np.median(sorted({p.mmacs for p in points})))
-    under = [p for p in points if p.mmacs <= median]
-    return max(under, key=lambda p: (p.accuracy, -p.mmacs, -p.number)).number
+    median = float(np.median(sorted({p.cost for p in points})))
+    under = [p for p in points if p.cost <= median]
+    return max(under, key=lambda p: (p.accuracy, -p.cost, -p.number)).number
 
 
 def spread_points(front: FrontInfo, max_points: int = MAX_POINTS, include: tuple[int, ...] = ()) -> list[int]:
-    """At most ``max_points`` Pareto trials evenly spread along MMACs (cheapest and costliest
+    """At most ``max_points`` Pareto trials evenly spread along the cost axis (cheapest and costliest
     kept), plus the trials in ``include``; cheapest first."""
     points = front.pareto_trials
     if len(points) > max_points:
-        # Even steps in MMACs, each taking the nearest unused point: a front crowded at one
+        # Even steps in cost, each taking the nearest unused point: a front crowded at one
         # end still shows its whole range.
-        costs = np.array([p.mmacs for p in points])
+        costs = np.array([p.cost for p in points])
         picked: list[int] = []
         for target in np.linspace(costs[0], costs[-1], max_points):
             free = [i for i in range(len(points)) if i not in picked]
@@ -79,7 +79,7 @@ def spread_points(front: FrontInfo, max_points: int = MAX_POINTS, include: tuple
         points = [points[i] for i in sorted(picked)]
     numbers = [p.number for p in points]
     numbers += [n for n in include if n not in numbers]
-    return sorted(numbers, key=lambda n: (front.trial(n).mmacs, n))
+    return sorted(numbers, key=lambda n: (front.trial(n).cost, n))
 
 
 # -- archs ---------------------------------------------------------------------------------------
@@ -88,7 +88,7 @@ def trial_candidate(front: FrontInfo, number: int, evaluator: Evaluator) -> Cand
     against the evaluator's space, with its stored val accuracy and cost."""
     rec = front.trial(number)
     rule = front.study_user_attrs.get("exit_rule", "threshold")
-    measured = Measured(rec.accuracy, rec.mmacs, front.cost_unit)
+    measured = Measured(rec.accuracy, rec.cost, front.cost_unit)
     cand = decode_trial(rec.number, rec.params, rec.user_attrs, evaluator.space, exit_rule=rule,
                         confidence=evaluator.kind, measured=measured)
     return cand
@@ -124,11 +124,12 @@ class TestPoint:
         arch: Its architecture.
         thresholds: Its thresholds (one per non-final exit).
         val_accuracy: Stored validation accuracy.
-        val_mmacs: Stored expected MMACs on validation.
+        val_cost: Stored expected cost on validation, in the study's unit (MMACs or ms).
         val_accuracy_rerun: Validation accuracy measured again here (matches the stored one
             when the report measures as the search did; a gap means other weights or data).
         test_accuracy: Test accuracy with the stored thresholds.
-        test_mmacs: Expected MMACs on test.
+        test_cost: Expected cost on test, in the study's unit (a latency study's trials store
+            the ms of leaving at each exit, which weight the test exit shares).
         test_histogram: Test samples leaving at each exit.
         exit_mmacs: Cumulative MMACs of leaving at each exit.
         on_front: Whether the trial is on the Pareto front.
@@ -140,10 +141,10 @@ class TestPoint:
     arch: ArchConfig
     thresholds: tuple[float, ...]
     val_accuracy: float
-    val_mmacs: float
+    val_cost: float
     val_accuracy_rerun: float
     test_accuracy: float
-    test_mmacs: float
+    test_cost: float
     test_histogram: tuple[int, ...]
     exit_mmacs: tuple[float, ...]
     on_front: bool
@@ -163,12 +164,19 @@ def get_test_info(front: FrontInfo, evaluator: Evaluator, trials: list[int]) -> 
         arch, thr = cand.arch, np.asarray(cand.thresholds, dtype=np.float64)
         caches = evaluator.caches(arch, ("val", "test"))
         val = ExitPolicy(caches["val"]).evaluate(thr)
-        test = ExitPolicy(caches["test"]).evaluate(thr)
-        out.append(TestPoint(n, arch, tuple(float(v) for v in thr), rec.accuracy, rec.mmacs,
-                             float(val.accuracy[0]), float(test.accuracy[0]), float(test.expected_macs[0]) / 1e6,
+        test = ExitPolicy(caches["test"], _exit_ms(rec)).evaluate(thr)
+        scale = 1.0 if "exit_ms" in rec.user_attrs else 1e-6
+        out.append(TestPoint(n, arch, tuple(float(v) for v in thr), rec.accuracy, rec.cost,
+                             float(val.accuracy[0]), float(test.accuracy[0]), float(test.expected_macs[0]) * scale,
                              tuple(int(v) for v in test.histogram[0]),
                              tuple(float(m) / 1e6 for m in caches["test"].exit_macs()), n in front.pareto))
     return out
+
+
+def _exit_ms(rec: TrialRecord) -> np.ndarray | None:
+    """The costs a trial's objective weighted: its exits' ms after a latency search, else MACs (None)."""
+    ms = rec.user_attrs.get("exit_ms")
+    return None if ms is None else np.asarray(ms, dtype=np.float64)
 
 
 # -- curves of one arch ------------------------------------------------------------------------

@@ -28,29 +28,35 @@ def _curve(points: Sequence[CurvePoint], name: str, **kw: object) -> go.Scatter:
 
 
 def plot_front(front: FrontInfo, tests: Sequence[TestPoint], curves: CurvesInfo | None = None) -> go.Figure:
-    """All trials and the Pareto front (val, stored), the measured front points (test) and the baselines."""
+    """All trials and the Pareto front (val, stored), the measured front points (test) and the baselines.
+
+    The cost axis is the study's (MMACs, or ms after a latency search); the baselines are
+    measured in MACs, so they are drawn only on a MACs front (the curves figure has them).
+    """
     fig = go.Figure()
+    unit = front.cost_unit
+    hover = "%{text}<br>%{x:.3f} " + unit + ", %{y:.4f}"
     others = [t for t in front.trials if t.number not in front.pareto]
     fig.add_trace(go.Scatter(
-        x=[t.mmacs for t in others], y=[t.accuracy for t in others], mode="markers", name="trials (val)",
+        x=[t.cost for t in others], y=[t.accuracy for t in others], mode="markers", name="trials (val)",
         marker={"color": "lightgray", "symbol": ["circle" if t.feasible else "x" for t in others]},
-        text=[f"trial {t.number}" for t in others], hovertemplate="%{text}<br>%{x:.3f} MMACs, %{y:.4f}"))
+        text=[f"trial {t.number}" for t in others], hovertemplate=hover))
     pareto = front.pareto_trials
     fig.add_trace(go.Scatter(
-        x=[t.mmacs for t in pareto], y=[t.accuracy for t in pareto], mode="lines+markers",
+        x=[t.cost for t in pareto], y=[t.accuracy for t in pareto], mode="lines+markers",
         line={"shape": "hv"}, name="Pareto front (val)", text=[f"trial {t.number}" for t in pareto],
-        hovertemplate="%{text}<br>%{x:.3f} MMACs, %{y:.4f}"))
-    tests = sorted(tests, key=lambda p: p.test_mmacs)
+        hovertemplate=hover))
+    tests = sorted(tests, key=lambda p: p.test_cost)
     fig.add_trace(go.Scatter(
-        x=[p.test_mmacs for p in tests], y=[p.test_accuracy for p in tests], mode="markers",
+        x=[p.test_cost for p in tests], y=[p.test_accuracy for p in tests], mode="markers",
         marker={"symbol": "diamond", "size": 9}, name="same thresholds (test)",
-        text=[f"trial {p.trial}" for p in tests], hovertemplate="%{text}<br>%{x:.3f} MMACs, %{y:.4f}"))
-    if curves is not None:
+        text=[f"trial {p.trial}" for p in tests], hovertemplate=hover))
+    if curves is not None and unit == "MMACs":
         fig.add_trace(_curve([curves.static], "largest subnet, final exit (test)", mode="markers",
                              marker={"symbol": "star", "size": 12}))
         fig.add_trace(_curve(curves.stage_budgeted_batch, "stage-end exits, budgeted batch (test)",
                              mode="lines", line={"dash": "dot"}))
-    return _layout(fig, f"Pareto front of study {front.study_name}", "expected MMACs", "accuracy")
+    return _layout(fig, f"Pareto front of study {front.study_name}", f"expected {unit}", "accuracy")
 
 
 def plot_curves(curves: CurvesInfo) -> go.Figure:
@@ -70,13 +76,13 @@ def plot_curves(curves: CurvesInfo) -> go.Figure:
     return _layout(fig, f"Trial {curves.trial} on test: protocols and baselines", "expected MMACs", "accuracy")
 
 
-def plot_progress(progress: ProgressInfo) -> go.Figure:
+def plot_progress(progress: ProgressInfo, unit: str = "MMACs") -> go.Figure:
     """Hypervolume of the validation front against trial number."""
     fig = go.Figure(go.Scatter(
         x=list(progress.trial_numbers), y=list(progress.hypervolume), mode="lines", line={"shape": "hv"},
         name="hypervolume", customdata=list(progress.front_size),
         hovertemplate="trial %{x}: %{y:.4f} (front of %{customdata})"))
-    ref = f"reference (1 - acc, MMACs) = (1.0, {progress.reference[1]:.3f})"
+    ref = f"reference (1 - acc, {unit}) = (1.0, {progress.reference[1]:.3f})"
     return _layout(fig, f"Search progress: hypervolume of the val front<br><sup>{ref}</sup>",
                    "trial", "hypervolume")
 

@@ -26,7 +26,8 @@ class TrialRecord:
     Attributes:
         number: Optuna trial number.
         accuracy: Stored validation accuracy (objective 0).
-        mmacs: Stored expected MMACs on validation (objective 1).
+        cost: Stored expected cost on validation (objective 1), in the study's
+            :attr:`FrontInfo.cost_unit` (MMACs, or ms after a latency search).
         feasible: All stored constraint values ≤ 0 (True when the trial has none).
         user_attrs: arch, thresholds, exit_accuracy, exit_histogram, exit_mmacs, ...
         params: The sampled parameters (exact thresholds are ``thr_<stage>_<block>``).
@@ -34,7 +35,7 @@ class TrialRecord:
 
     number: int
     accuracy: float
-    mmacs: float
+    cost: float
     feasible: bool
     user_attrs: dict[str, Any] = field(default_factory=dict, compare=False)
     params: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -51,7 +52,7 @@ class FrontInfo:
     Attributes:
         storage_url: Where the study lives.
         study_name: Its name.
-        metric_names: Stored objective names (``val_accuracy``, ``expected_MMACs``).
+        metric_names: Stored objective names (``val_accuracy``, ``expected_MMACs`` or ``expected_ms``).
         trials: Every COMPLETE trial, by number.
         pareto: Numbers of the non-dominated trials (feasible ones only when the study
             has constraints), cheapest first.
@@ -88,14 +89,14 @@ class FrontInfo:
         return [self.trial(n) for n in self.pareto]
 
 
-def pareto_mask(accuracy: np.ndarray, mmacs: np.ndarray) -> np.ndarray:
-    """Non-dominated points for accuracy (max) and MMACs (min); equal points all stay.
+def pareto_mask(accuracy: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Non-dominated points for accuracy (max) and cost (min); equal points all stay.
 
     A point is dominated when another is at least as good in both and better in one.
-    Sorting by MMACs makes this O(n log n): a point survives when it is the most accurate
-    at its MMACs and more accurate than everything strictly cheaper.
+    Sorting by cost makes this O(n log n): a point survives when it is the most accurate
+    at its cost and more accurate than everything strictly cheaper.
     """
-    acc, cost = np.asarray(accuracy, dtype=np.float64), np.asarray(mmacs, dtype=np.float64)
+    acc, cost = np.asarray(accuracy, dtype=np.float64), np.asarray(cost, dtype=np.float64)
     keep = np.zeros(len(acc), dtype=bool)
     order = np.lexsort((-acc, cost))
     best_cheaper = -math.inf
@@ -162,8 +163,8 @@ def load_front(storage_url: str, study_name: str | None = None) -> FrontInfo:
         for t in sorted(complete, key=lambda t: t.number)
     )
     candidates = [r for r in records if r.feasible or not has_constraints]
-    mask = pareto_mask(np.array([r.accuracy for r in candidates]), np.array([r.mmacs for r in candidates]))
-    pareto = sorted((r for r, m in zip(candidates, mask) if m), key=lambda r: (r.mmacs, -r.accuracy, r.number))
+    mask = pareto_mask(np.array([r.accuracy for r in candidates]), np.array([r.cost for r in candidates]))
+    pareto = sorted((r for r, m in zip(candidates, mask) if m), key=lambda r: (r.cost, -r.accuracy, r.number))
     with_names = study.metric_names or ["val_accuracy", "expected_MMACs"]
     return FrontInfo(storage_url, study.study_name, tuple(with_names), records, tuple(r.number for r in pareto),
                      has_constraints, len(all_trials), dict(study.user_attrs))

@@ -1,8 +1,8 @@
 """Search progress: the 2-D hypervolume of the (validation) front after each trial.
 
-Both objectives are turned into costs to minimise, ``(1 - accuracy, MMACs)``, and the
+Both objectives are turned into costs to minimise, ``(1 - accuracy, cost)``, and the
 hypervolume is the area they dominate below a reference point. The reference is
-``(1.0, 1.1 × the largest MMACs of any complete trial)``: every trial lies inside it, so
+``(1.0, 1.1 × the largest cost of any complete trial)``: every trial lies inside it, so
 every trial that is on the front adds area, and one study's curve is comparable along
 its own trials (not across studies with other reference points).
 """
@@ -28,7 +28,7 @@ def hypervolume_2d(points: Iterable[Sequence[float]], reference: Sequence[float]
     dominated points and duplicates add nothing either.
 
     Args:
-        points: ``(x, y)`` pairs, e.g. ``(1 - accuracy, MMACs)``.
+        points: ``(x, y)`` pairs, e.g. ``(1 - accuracy, cost)``.
         reference: ``(rx, ry)``, worse than every point that should count.
 
     Returns:
@@ -58,7 +58,7 @@ class ProgressInfo:
         trial_numbers: Complete trials in increasing number.
         hypervolume: Hypervolume of the front of trials with a number up to each of them.
         front_size: Size of that front.
-        reference: ``(1 - accuracy, MMACs)`` reference point.
+        reference: ``(1 - accuracy, cost)`` reference point.
     """
 
     trial_numbers: tuple[int, ...]
@@ -70,12 +70,12 @@ class ProgressInfo:
 def get_progress_info(front: FrontInfo) -> ProgressInfo:
     """The hypervolume curve of a study, from its stored trial values."""
     trials = sorted(front.trials, key=lambda t: t.number)
-    reference = (1.0, REFERENCE_MMACS_FACTOR * max(t.mmacs for t in trials))
+    reference = (1.0, REFERENCE_MMACS_FACTOR * max(t.cost for t in trials))
     numbers, volumes, sizes = [], [], []
     current: list[tuple[float, float]] = []  # the non-dominated points so far
     for t in trials:
         if t.feasible:
-            q = (1.0 - t.accuracy, t.mmacs)
+            q = (1.0 - t.accuracy, t.cost)
             if not any(_weakly_dominates(c, q) for c in current):
                 current = [c for c in current if not _weakly_dominates(q, c)] + [q]
         numbers.append(t.number)

@@ -103,7 +103,7 @@ def build_report(storage_url: str, study_name: str | None, checkpoint: str | Pat
         out_dir: Output folder (None: ``report-<study>`` beside the database file).
         trial: The trial to draw curves for (None: the default rule).
         device: Where subnets run (default: the experiment's ``train.device``).
-        max_points: Pareto trials measured on test, spread along MMACs.
+        max_points: Pareto trials measured on test, spread along the cost axis.
         upload: Attach the report and figures to the study as Optuna artifacts
             (``<out_dir>/artifacts``). Each call uploads new ones; earlier ones stay.
 
@@ -124,7 +124,7 @@ def build_report(storage_url: str, study_name: str | None, checkpoint: str | Pat
         "front": plot_front(front, tests, curves),
         "curves": plot_curves(curves),
         "histogram": plot_histogram(histogram),
-        "progress": plot_progress(progress),
+        "progress": plot_progress(progress, front.cost_unit),
     }
 
     from exitnas._io import atomic_write_bytes
@@ -184,10 +184,11 @@ def render_html(front: FrontInfo, tests: tuple[TestPoint, ...], figures: dict[st
            f"{meta['val_gap']:.4f}: is this the supernet (and data) the study searched?</p>"]
           if meta["val_gap"] > VAL_GAP_WARN else []),
         f"<h2>Pareto front: {len(tests)} trials measured on test</h2>",
-        f"<p class=\"note\">Up to {meta['max_points']} of the {len(front.pareto)} Pareto trials, spread along MMACs, "
+        f"<p class=\"note\">Up to {meta['max_points']} of the {len(front.pareto)} Pareto trials, spread along "
+        f"{front.cost_unit}, "
         "and the chosen trial. The figure files beside this report load plotly.js from its CDN; this "
         "page carries it inline and works offline.</p>",
-        _table(tests, chosen),
+        _table(tests, chosen, front.cost_unit),
     ]
     titles = {"front": "Front and baselines", "curves": f"Trial {chosen}: protocols on test",
               "histogram": f"Trial {chosen}: exit histogram", "progress": "Search progress"}
@@ -199,15 +200,15 @@ def render_html(front: FrontInfo, tests: tuple[TestPoint, ...], figures: dict[st
     return "\n".join(parts)
 
 
-def _table(tests: tuple[TestPoint, ...], chosen: int) -> str:
-    head = ("trial", "val acc", "test acc", "val MMACs", "test MMACs", "exits", "test exit histogram")
+def _table(tests: tuple[TestPoint, ...], chosen: int, unit: str) -> str:
+    head = ("trial", "val acc", "test acc", f"val {unit}", f"test {unit}", "exits", "test exit histogram")
     rows = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for p in tests:
         cls = " class=\"chosen\"" if p.trial == chosen else ""
         mark = "" if p.on_front else " (off front)"
         exits = " ".join(f"{s},{b}" for s, b in p.arch.exits)
-        cells = (f"{p.trial}{mark}", f"{p.val_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{p.val_mmacs:.3f}",
-                 f"{p.test_mmacs:.3f}", f"{p.arch.num_exits}: {exits}", " ".join(map(str, p.test_histogram)))
+        cells = (f"{p.trial}{mark}", f"{p.val_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{p.val_cost:.3f}",
+                 f"{p.test_cost:.3f}", f"{p.arch.num_exits}: {exits}", " ".join(map(str, p.test_histogram)))
         rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     rows.append("</table>")
     return "\n".join(rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -129,6 +130,7 @@ def test_search_with_latency_objective(tmp_path: Path) -> None:
         assert min(t.user_attrs["exit_ms"]) - 1e-9 <= t.values[1] <= max(t.user_attrs["exit_ms"]) + 1e-9
         assert t.values[1] != pytest.approx(t.user_attrs["expected_MMACs"])
     assert table.device == "cpu"
+    _report_and_export_in_ms(url, tmp_path, study)
     # The same study searched for MACs now has other objectives: refused, untouched.
     assert main(["search", "--checkpoint", ckpt, "--storage", url, "--study", "lat", "--trials", "6",
                  "--set", "search.progress=false"]) == 2
@@ -137,3 +139,26 @@ def test_search_with_latency_objective(tmp_path: Path) -> None:
     assert main(["search", "--checkpoint", ckpt, "--storage", url, "--study", "lat2", "--trials", "2",
                  "--objective", "latency", "--set", "search.progress=false"]) == 2
     assert "lat2" not in optuna.get_all_study_names(storage=url)
+
+
+def _report_and_export_in_ms(url: str, tmp_path: Path, study: Any) -> None:
+    """After a latency search every later step speaks ms: front, table, figure, export."""
+    from exitnas.results import build_report, export_trial, load_export
+
+    r = build_report(url, "lat", out_dir=tmp_path / "report", upload=False)
+    assert r.front.cost_unit == "ms"
+    stored = {t.number: t for t in study.get_trials()}
+    for p in r.tests:
+        t = stored[p.trial]
+        assert p.val_cost == t.values[1]  # the stored ms, not MMACs
+        assert min(t.user_attrs["exit_ms"]) - 1e-9 <= p.test_cost <= max(t.user_attrs["exit_ms"]) + 1e-9
+    html = r.html.read_text()
+    assert "<th>val ms</th>" in html and "<th>val MMACs</th>" not in html
+    assert "expected ms" in r.figures["front"].read_text()  # the front's cost axis title
+    e = export_trial(url, "lat", r.chosen_trial, tmp_path / "export", onnx=False)
+    _, meta = load_export(e.directory)
+    t = stored[r.chosen_trial]
+    assert meta["measured"] == {"accuracy": t.values[0], "cost": t.values[1], "unit": "ms", "split": "val"}
+    assert meta["exit_ms"] == t.user_attrs["exit_ms"]
+    assert meta["metrics"]["val"]["expected_ms"] == pytest.approx(t.values[1], rel=1e-12)
+    assert meta["provenance"]["values"] == {"val_accuracy": t.values[0], "expected_ms": t.values[1]}

@@ -40,7 +40,7 @@ def test_front_is_read_from_the_database(make_study: MakeStudy) -> None:
     url, study = make_study(values)
     study.enqueue_trial({})  # a WAITING trial: counted, never on the front
     front = load_front(url, "s")
-    assert [(t.number, t.accuracy, t.mmacs) for t in front.trials] == [(i, a, m) for i, (a, m) in enumerate(values)]
+    assert [(t.number, t.accuracy, t.cost) for t in front.trials] == [(i, a, m) for i, (a, m) in enumerate(values)]
     assert [t.user_attrs["tag"] for t in front.trials] == list(range(len(values)))
     assert front.pareto == (0, 1, 4, 3)  # cheapest first; equal points both stay
     assert set(front.pareto) == {t.number for t in optuna.load_study(study_name="s", storage=url).best_trials}

@@ -37,10 +37,10 @@ def stored(searched: Any) -> list[optuna.trial.FrozenTrial]:
 def test_front_points_are_the_stored_ones(report: ReportResult, stored: list[optuna.trial.FrozenTrial],
                                           searched: Any) -> None:
     front = report.front
-    assert {(t.number, t.accuracy, t.mmacs) for t in front.trials} == {(t.number, *t.values) for t in stored}
+    assert {(t.number, t.accuracy, t.cost) for t in front.trials} == {(t.number, *t.values) for t in stored}
     study = optuna.load_study(study_name=searched.study, storage=searched.storage)
     assert set(front.pareto) == {t.number for t in study.best_trials}
-    assert [front.trial(n).mmacs for n in front.pareto] == sorted(front.trial(n).mmacs for n in front.pareto)
+    assert [front.trial(n).cost for n in front.pareto] == sorted(front.trial(n).cost for n in front.pareto)
     by_number = {t.number: t for t in stored}
     for t in front.trials:
         assert t.user_attrs == by_number[t.number].user_attrs
@@ -54,7 +54,7 @@ def test_test_numbers(report: ReportResult, searched: Any) -> None:
         assert 0.0 <= p.test_accuracy <= 1.0 and 0.0 <= p.val_accuracy <= 1.0
         # measured as the search did (same data, recalibration, confidence): the stored val number again
         assert p.val_accuracy_rerun == pytest.approx(p.val_accuracy, abs=1e-12)
-        assert p.exit_mmacs[0] - 1e-9 <= p.test_mmacs <= p.exit_mmacs[-1] + 1e-9
+        assert p.exit_mmacs[0] - 1e-9 <= p.test_cost <= p.exit_mmacs[-1] + 1e-9
         assert sum(p.test_histogram) == n_test and len(p.test_histogram) == p.arch.num_exits
         assert p.on_front == (p.trial in report.front.pareto)
         assert p.arch.to_dict() == report.front.trial(p.trial).user_attrs["arch"]
@@ -92,7 +92,7 @@ def test_progress_and_histogram(report: ReportResult) -> None:
     prog = report.progress
     assert prog.trial_numbers == tuple(range(20))
     assert all(b >= a for a, b in zip(prog.hypervolume, prog.hypervolume[1:]))
-    pts = [(1 - report.front.trial(n).accuracy, report.front.trial(n).mmacs) for n in report.front.pareto]
+    pts = [(1 - report.front.trial(n).accuracy, report.front.trial(n).cost) for n in report.front.pareto]
     assert prog.hypervolume[-1] == pytest.approx(hypervolume_2d(pts, prog.reference))
     h = report.histogram
     assert h.trial == report.chosen_trial
