@@ -119,7 +119,18 @@ def train_supernet(
         stop_at_step: Stop (with a checkpoint) after this many steps, as an interruption would.
         splits: Already loaded data (else loaded from ``cfg.data``).
     """
-    tc = cfg.train
+    _check_options(cfg.train)
+    run = _Run.open(cfg, splits)
+    step = run.resume() if resume and run.ckpt_path.exists() else 0
+    broadcast_parameters(run.model, run.info)
+    if run.info.is_main:
+        run.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        (run.ckpt_path.parent / "config.yaml").write_text(cfg.to_yaml())
+    end = run.total if stop_at_step is None else min(run.total, stop_at_step)
+    return run.loop(step, end)
+
+
+def _check_options(tc: TrainConfig) -> None:
     LOSSES.get(tc.loss)
     ROUTINGS.get(tc.routing)
     if not 0 < tc.dfs_beta < 1:
@@ -127,88 +138,115 @@ def train_supernet(
     _check_exit_sets(tc.exit_sets)
     if tc.gate_cost < 0:
         raise UserError(f"train.gate_cost must be >= 0, got {tc.gate_cost}")
-    info = init_distributed("cuda" if resolve_device(tc.device).type == "cuda" else "cpu")
-    device = resolve_device(tc.device, info.local_rank)
-    splits = splits or load_dataset(cfg.data)
-    space = space_for(cfg, splits)
-    out = Path(tc.out)
-    ckpt_path = out / CHECKPOINT_NAME
 
-    torch.manual_seed(tc.seed)
-    model = Supernet(space).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(model, tc, tc.lr)
-    if tc.batch_size % info.world:
-        raise UserError(f"train.batch_size {tc.batch_size} does not split over {info.world} processes")
-    loader = train_loader(tc, splits, device, tc.seed)
-    spe = len(loader)
-    if spe == 0:
-        raise UserError(f"train.batch_size {tc.batch_size} is larger than the {len(splits.train_y)} training images")
-    total = max(1, round(tc.epochs * spe))
-    warmup = min(total, round(tc.warmup_epochs * spe))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, total, warmup, 1.0))
 
-    step = 0
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
-        check_space(state, space, ckpt_path)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        step = int(state["step"])
-    broadcast_parameters(model, info)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(cfg.to_yaml())
+@dataclass
+class _Run:
+    """One training run's parts: where it runs, the model, its optimiser, schedule and data."""
 
-    loss_fn = LOSSES.get(tc.loss)
-    end = total if stop_at_step is None else min(total, stop_at_step)
-    amp = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    bar = tqdm(total=end, initial=step, desc="train supernet", unit="step",
-               disable=not (tc.progress and info.is_main), dynamic_ncols=True)
-    model.train()
-    last_loss, seen, t0 = float("nan"), 0, time.perf_counter()
-    while step < end:
-        epoch, start = divmod(step, spe)
-        for x, y in loader.epoch(epoch, start_batch=start):
-            if info.world > 1:
-                x, y = x[info.rank :: info.world], y[info.rank :: info.world]
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            opt.zero_grad(set_to_none=True)
-            teacher = None
-            step_loss = 0.0
-            for i, arch in enumerate(sandwich_archs(space, tc.sandwich_random, tc.seed, step, tc.exit_sets)):
-                with amp:
-                    gate_use: list[tuple[torch.Tensor, float]] = []
-                    logits = model(x, arch, tc.routing, tc.dfs_beta, gate_use)
-                    loss = loss_fn(logits, y, teacher, tc.distill, tc.label_smoothing)
-                    if gate_use:
-                        loss = loss + tc.gate_cost * gate_penalty(gate_use)
-                loss.backward()
-                if i == 0:
-                    teacher = logits[-1].detach()
-                step_loss += float(loss.detach())
-            average_gradients(model, info)
-            average_buffers(model, info)
-            opt.step()
-            sched.step()
-            step += 1
-            seen += len(y) * info.world
-            last_loss = step_loss / (2 + tc.sandwich_random)
-            bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-            if info.is_main and (step % tc.checkpoint_every == 0 or step == end):
-                save_checkpoint(ckpt_path, _state(model, opt, sched, space, cfg, step, total))
-            if step >= end:
-                break
-    bar.close()
-    ips = seen / max(1e-9, time.perf_counter() - t0)
-    if info.is_main and not ckpt_path.exists():
-        save_checkpoint(ckpt_path, _state(model, opt, sched, space, cfg, step, total))
-    return TrainResult(ckpt_path, step, ips, last_loss)
+    cfg: ExperimentConfig
+    info: Any  # the distributed setting (rank, world size)
+    device: torch.device
+    space: SearchSpace
+    model: Supernet
+    opt: torch.optim.Optimizer
+    sched: Any
+    loader: GpuBatchLoader
+    total: int
+    ckpt_path: Path
+
+    @classmethod
+    def open(cls, cfg: ExperimentConfig, splits: ImageSplits | None) -> _Run:
+        tc = cfg.train
+        info = init_distributed("cuda" if resolve_device(tc.device).type == "cuda" else "cpu")
+        device = resolve_device(tc.device, info.local_rank)
+        splits = splits or load_dataset(cfg.data)
+        space = space_for(cfg, splits)
+        torch.manual_seed(tc.seed)
+        model = Supernet(space).to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        opt = make_optimizer(model, tc, tc.lr)
+        if tc.batch_size % info.world:
+            raise UserError(f"train.batch_size {tc.batch_size} does not split over {info.world} processes")
+        loader = train_loader(tc, splits, device, tc.seed)
+        spe = len(loader)
+        if spe == 0:
+            raise UserError(f"train.batch_size {tc.batch_size} is larger than the {len(splits.train_y)} "
+                            "training images")
+        total = max(1, round(tc.epochs * spe))
+        warmup = min(total, round(tc.warmup_epochs * spe))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, total, warmup, 1.0))
+        return cls(cfg, info, device, space, model, opt, sched, loader, total, Path(tc.out) / CHECKPOINT_NAME)
+
+    def resume(self) -> int:
+        """Load the checkpoint's model, optimiser, schedule and RNG states; return its step."""
+        state = load_checkpoint(self.ckpt_path, map_location=self.device)
+        check_space(state, self.space, self.ckpt_path)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        # RNG states are CPU byte tensors whatever map_location moved them to.
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all([t.cpu() for t in state["rng"]["cuda"]])
+        return int(state["step"])
+
+    def save(self, step: int) -> None:
+        save_checkpoint(self.ckpt_path, _state(self.model, self.opt, self.sched, self.space, self.cfg, step,
+                                               self.total))
+
+    def loop(self, step: int, end: int) -> TrainResult:
+        """Train from ``step`` to ``end``, with a progress bar and checkpoints."""
+        tc, info, spe = self.cfg.train, self.info, len(self.loader)
+        bar = tqdm(total=end, initial=step, desc="train supernet", unit="step",
+                   disable=not (tc.progress and info.is_main), dynamic_ncols=True)
+        self.model.train()
+        last_loss, seen, t0 = float("nan"), 0, time.perf_counter()
+        while step < end:
+            epoch, start = divmod(step, spe)
+            for x, y in self.loader.epoch(epoch, start_batch=start):
+                if info.world > 1:
+                    x, y = x[info.rank :: info.world], y[info.rank :: info.world]
+                last_loss = self.step(x, y, step)
+                step += 1
+                seen += len(y) * info.world
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                if info.is_main and (step % tc.checkpoint_every == 0 or step == end):
+                    self.save(step)
+                if step >= end:
+                    break
+        bar.close()
+        ips = seen / max(1e-9, time.perf_counter() - t0)
+        if info.is_main and not self.ckpt_path.exists():
+            self.save(step)
+        return TrainResult(self.ckpt_path, step, ips, last_loss)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
+        """One sandwich step: largest, smallest and random subnets, gradients summed; the mean loss."""
+        tc, model = self.cfg.train, self.model
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        amp = torch.autocast("cuda", torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
+        self.opt.zero_grad(set_to_none=True)
+        teacher, step_loss = None, 0.0
+        for i, arch in enumerate(sandwich_archs(self.space, tc.sandwich_random, tc.seed, step, tc.exit_sets)):
+            with amp:
+                gate_use: list[tuple[torch.Tensor, float]] = []
+                logits = model(x, arch, tc.routing, tc.dfs_beta, gate_use)
+                loss = LOSSES.get(tc.loss)(logits, y, teacher, tc.distill, tc.label_smoothing)
+                if gate_use:
+                    loss = loss + tc.gate_cost * gate_penalty(gate_use)
+            loss.backward()
+            if i == 0:
+                teacher = logits[-1].detach()
+            step_loss += float(loss.detach())
+        average_gradients(model, self.info)
+        average_buffers(model, self.info)
+        self.opt.step()
+        self.sched.step()
+        return step_loss / (2 + tc.sandwich_random)
 
 
 def make_optimizer(model: nn.Module, tc: TrainConfig, lr: float) -> torch.optim.SGD:
