@@ -35,7 +35,7 @@ class ExitStep(nn.Module):
     ``forward(x, prev)`` → (input of the blocks after it, exit k's logits ``F_k``), where
     ``prev`` is ``F_{k-1}`` (ignored at a subnet's ``first`` exit, which has nothing to build
     on; see ``_combine``). At a non-``final`` exit, ``routing`` (see ``_routing``) decides
-    where the gradients of the exit's loss and of the deeper blocks' flow; the values are the
+    where the gradients of the exit's loss and of the deeper exits' losses flow; the values are the
     same for every routing. Every loop over a subnet's exits — ``StaticNet``'s forwards, the
     supernet's, the cost counter, the deployed runtimes — takes this one step.
     """
