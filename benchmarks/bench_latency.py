@@ -57,13 +57,10 @@ from _env import environment, environment_line, kendall_tau, write_section  # no
 
 from exitnas.data import normalize  # noqa: E402
 from exitnas.evaluators import build_exit_cache, exit_costs, fit_budgeted_thresholds  # noqa: E402
-from exitnas.evaluators._graphs import GraphedEarlyExit  # noqa: E402
 from exitnas.evaluators._latency import profile_space  # noqa: E402
 from exitnas.evaluators._policy import ExitPolicy  # noqa: E402
-from exitnas.evaluators._runtime import fold_batchnorm  # noqa: E402
-from exitnas.results._model import EarlyExitModel, deploy_model  # noqa: E402
-from exitnas.search_space import SearchSpace, StaticNet, Supernet, build_space  # noqa: E402
-from exitnas.search_space._ops import MultiScaleConv2d  # noqa: E402
+from exitnas.runtime import EarlyExitModel, GraphedEarlyExit, deploy_model, fold_batchnorm  # noqa: E402
+from exitnas.search_space import MultiScaleConv2d, SearchSpace, StaticNet, Supernet, build_space  # noqa: E402
 
 HEADING = "## bench_latency: latency table and realised early-exit speed-up"
 HEADING_GPU = "## bench_latency on the GPU: latency table and realised early-exit speed-up"

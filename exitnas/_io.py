@@ -1,13 +1,16 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""File helpers: atomic writes (a reader sees the old file or the new one, never half of one), JSON reads."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes"]
+from exitnas._errors import UserError
+
+__all__ = ["atomic_write", "atomic_write_bytes", "read_json"]
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
@@ -36,3 +39,17 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     atomic_write(path, lambda p: Path(p).write_bytes(data))
+
+
+def read_json(path: Path, missing: str, invalid: str) -> Any:
+    """The JSON value in the file ``path``; a :class:`UserError` if it is missing or not JSON.
+
+    ``missing`` and ``invalid`` are the errors' messages, formatted with ``path`` and (for
+    ``invalid``) ``error``, the parser's complaint.
+    """
+    if not path.is_file():
+        raise UserError(missing.format(path=path))
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(invalid.format(path=path, error=e)) from None

@@ -5,7 +5,6 @@ from __future__ import annotations
 from exitnas.evaluators._cache import ExitCache, ExitCacheStore, build_exit_cache
 from exitnas.evaluators._cost import ExitCosts, count_macs, exit_costs
 from exitnas.evaluators._evaluator import Evaluator, weights_digest
-from exitnas.evaluators._graphs import GraphedEarlyExit
 from exitnas.evaluators._latency import LatencyTable, profile_space
 from exitnas.evaluators._policy import ExitPolicy, PolicyResult, check_thresholds, read_thresholds
 from exitnas.evaluators._protocols import (
@@ -19,6 +18,7 @@ from exitnas.evaluators._protocols import (
 )
 from exitnas.evaluators._recalibrate import recalibrate_bn, recalibrated_subnet
 from exitnas.evaluators._rules import BOF_BETA_RANGE, EXIT_RULES, bof_thresholds, fit_bof_beta
+from exitnas.runtime import GraphedEarlyExit  # re-exported: the README documents it here
 
 __all__ = [
     "BOF_BETA_RANGE",

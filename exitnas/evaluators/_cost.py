@@ -14,8 +14,7 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import Tensor, nn
 
-from exitnas.search_space import StaticNet
-from exitnas.search_space._gate import gated_modules
+from exitnas.search_space import StaticNet, gated_modules, without_rings
 
 __all__ = ["ExitCosts", "exit_costs"]
 
@@ -87,14 +86,8 @@ def exit_costs(net: StaticNet, input_shape: tuple[int, int, int]) -> ExitCosts:
     A gated multi-scale conv counts what every sample pays (its 3×3 centres and the gate);
     the rings a sample switches on are counted per sample by the exit cache.
     """
-    gated = gated_modules(net)
-    for m in gated:
-        m.count_ring = False
-    try:
-        return _exit_costs(net, input_shape)
-    finally:
-        for m in gated:
-            m.count_ring = True
+    # fvcore counts a copy whose gated convs leave their rings out (see search_space._gate).
+    return _exit_costs(without_rings(net) if gated_modules(net) else net, input_shape)
 
 
 def _exit_costs(net: StaticNet, input_shape: tuple[int, int, int]) -> ExitCosts:
@@ -106,20 +99,17 @@ def _exit_costs(net: StaticNet, input_shape: tuple[int, int, int]) -> ExitCosts:
     seg_total = head_total = 0
     param_total = 0
     prev = x
-    for k in range(net.num_exits):
+    for k, step in enumerate(net.steps):
         # Each segment and head is traced as its own module on its real input, so no head
         # is dropped as dead code; summing them gives prefix k (see _Prefix for the check).
-        seg_total += count_macs(net.segments[k], feats)
-        feats = net.segments[k](feats)
-        head_k = count_macs(net.heads[k], feats)
-        logits = net.heads[k](feats)
-        if k > 0:  # the combiner is part of exit k's head (only ZTW's cascade has MACs)
-            if any(True for _ in net.combiners[k].parameters()):
-                head_k += count_macs(net.combiners[k], logits, prev)
-            logits = net.combiners[k](logits, prev)
+        seg_total += count_macs(step.segment, feats)
+        feats, logits = step(feats, prev)
+        head_k = count_macs(step.head, feats)
+        if not step.first and any(True for _ in step.combiner.parameters()):
+            # the combiner is part of exit k's head (only ZTW's cascade has MACs)
+            head_k += count_macs(step.combiner, step.head(feats), prev)
         prev = logits
-        parts = (net.segments[k], net.heads[k], net.combiners[k])
-        param_total += sum(p.numel() for m in parts for p in m.parameters())
+        param_total += sum(p.numel() for p in step.parameters())
         if net.ensemble is not None:  # Σ_{i≤k} w_ki · log p_i: (k + 1) · C multiply-adds
             classes = int(logits.shape[1])
             head_k += (k + 1) * classes

@@ -17,7 +17,6 @@ from exitnas.evaluators._cache import ExitCache, ExitCacheStore, build_exit_cach
 from exitnas.evaluators._cost import ExitCosts, exit_costs
 from exitnas.evaluators._recalibrate import recalibrated_subnet
 from exitnas.search_space import ArchConfig, StaticNet, Supernet, fit_ensemble
-from exitnas.search_space._routing import routed_forward
 
 __all__ = ["Evaluator", "weights_digest"]
 
@@ -38,7 +37,7 @@ def fit_subnet_ensemble(net: StaticNet, images: torch.Tensor, labels: torch.Tens
     outs: list[list[torch.Tensor]] = []
     for i in range(0, len(images), batch_size):
         x = normalize(images[i : i + batch_size].to(device), mean, std)
-        outs.append(routed_forward(net, x, "shared", 0.5))  # the exits, before the ensemble
+        outs.append(net(x, ensemble=False))  # the exits, before the ensemble
     logits = [torch.cat([o[k] for o in outs]) for k in range(net.num_exits)]
     fit_ensemble(net.ensemble, logits, labels.to(device))  # full-batch Adam: no randomness
     net.train(was_training)

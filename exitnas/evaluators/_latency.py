@@ -5,7 +5,7 @@ channels, 5×5 ratio), the stem (with the input normalisation), every exit head 
 decision (confidence, compare, drop the samples that left), with warm-up, synchronisation and
 repeats, and stores mean, spread and count with the device, torch version and date. Each is
 timed as it runs in the exported model: BatchNorm folded, channels-last, frozen TorchScript
-(``_runtime.deploy``), so the table predicts the deployed runtime, not eager PyTorch.
+(``exitnas.runtime.deploy``), so the table predicts the deployed runtime, not eager PyTorch.
 
 An arch's latency of leaving at exit k is then a sum of table entries (each less the fixed
 cost of calling a deployed module, which the whole model pays once), plus the early-exit
@@ -31,12 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from exitnas._errors import UserError
-from exitnas.evaluators._runtime import (
-    Normalise,
-    channels_last,
-    deploy,
-    deploy_early_exit,
-)
+from exitnas.runtime import Normalise, channels_last, deploy, deploy_early_exit
 from exitnas.search_space import ArchConfig, GeometricEnsemble, SearchSpace, StaticNet, Supernet
 
 __all__ = ["LUT_FORMAT", "RUNTIME", "LatencyTable", "profile_space", "time_call"]
@@ -44,7 +39,7 @@ __all__ = ["LUT_FORMAT", "RUNTIME", "LatencyTable", "profile_space", "time_call"
 #: Format 2: entries timed through the deployed runtime, with ``call``, ``early_exit``,
 #: ``leave`` and ``decision`` entries. Format 1 tables timed eager modules and are refused.
 LUT_FORMAT = 2
-#: What the table's entries were timed as (``_runtime.deploy``).
+#: What the table's entries were timed as (``exitnas.runtime.deploy``).
 RUNTIME = "BatchNorm folded, channels-last, frozen TorchScript"
 
 
@@ -117,17 +112,12 @@ class LatencyTable:
         """Cumulative ms of stem, blocks and heads up to each exit, as measured in isolation,
         each less the cost of calling a deployed module (inside one model it is paid once)."""
         call = self.ms("call")
-        c_in = space.stage_channels(0, arch.widths[0])
-        out, total = [], self.ms(f"stem|{c_in}") - call
-        exits = dict(zip(arch.exits, arch.heads))
-        for s, d in enumerate(arch.depths):
-            c = space.stage_channels(s, arch.widths[s])
-            for b in range(d):
-                total += self.ms(_block_key(s, b == 0, c_in, c, arch.ratios[s][b])) - call
-                c_in = c
-                if (s, b) in exits:
-                    total += self.ms(_head_key(exits[s, b], s, c)) - call
-                    out.append(total)
+        out, total = [], self.ms(f"stem|{space.stem_channels(arch)}") - call
+        for blk in space.walk(arch):
+            total += self.ms(_block_key(blk.stage, blk.first, blk.c_in, blk.c_out, blk.ratio)) - call
+            if blk.head is not None:
+                total += self.ms(_head_key(blk.head, blk.stage, blk.c_out)) - call
+                out.append(total)
         return out
 
     def to_dict(self) -> dict[str, Any]:

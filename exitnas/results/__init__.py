@@ -26,9 +26,9 @@ from exitnas.results._figures import (
 )
 from exitnas.results._front import FrontInfo, TrialRecord, load_front, open_study, pareto_mask
 from exitnas.results._hypervolume import ProgressInfo, get_progress_info, hypervolume_2d
-from exitnas.results._model import EarlyExitModel, load_export
 from exitnas.results._report import ReportResult, build_report, default_out_dir
 from exitnas.results._retrain import RetrainResult, refit_thresholds, retrain_export
+from exitnas.runtime import EarlyExitModel, load_export  # re-exported: the README documents them here
 
 __all__ = [
     "CHOICE_RULE",

@@ -18,13 +18,7 @@ from exitnas._errors import UserError
 from exitnas._io import atomic_write
 from exitnas.evaluators import ExitPolicy
 from exitnas.experiment import Experiment
-from exitnas.results._model import (
-    EXPORT_FORMAT,
-    EarlyExitModel,
-    _AllExits,
-    deploy_model,
-    sha256_file,
-)
+from exitnas.runtime import EXPORT_FORMAT, AllExits, EarlyExitModel, deploy_model, sha256_file
 from exitnas.search_space import ArchConfig, Candidate, StaticNet
 
 __all__ = ["ExportResult", "export_trial", "library_versions", "load_trial", "write_export"]
@@ -142,7 +136,7 @@ def write_export(out: str | Path, net: StaticNet, meta: dict[str, Any], mean: li
         x = torch.rand(1, *input_shape)
         names = [f"exit{k}" for k in range(arch.num_exits)]
         atomic_write(onnx_path, lambda p: torch.onnx.export(
-            _AllExits(model), (x,), p, input_names=["image"], output_names=names, dynamo=False,
+            AllExits(model), (x,), p, input_names=["image"], output_names=names, dynamo=False,
             dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}))
     files: dict[str, Any] = {
         "weights": {"name": weights.name, "sha256": sha256_file(weights)},

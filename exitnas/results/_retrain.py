@@ -24,10 +24,8 @@ from exitnas.evaluators import (
 from exitnas.evaluators._evaluator import TRAIN_CACHE_IMAGES, fit_subnet_ensemble
 from exitnas.evaluators._protocols import DEFAULT_P_SWEEP
 from exitnas.results._export import ExportResult, write_export
-from exitnas.results._model import load_export
-from exitnas.search_space import ArchConfig, SearchSpace, StaticNet, Supernet
-from exitnas.search_space._gate import GateUse
-from exitnas.search_space._routing import routed_forward
+from exitnas.runtime import load_export
+from exitnas.search_space import ArchConfig, GateUse, SearchSpace, StaticNet, Supernet
 
 __all__ = ["RetrainResult", "retrain_export", "refit_thresholds"]
 
@@ -121,7 +119,7 @@ def retrain_export(arch_json: str | Path, out: str | Path, *, scratch: bool = Tr
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, total, warmup, base_lr)
                 with amp:
-                    loss = loss_fn(routed_forward(net, x, tc.routing, tc.dfs_beta), y, None, 0.0,
+                    loss = loss_fn(net(x, tc.routing, tc.dfs_beta, ensemble=False), y, None, 0.0,
                                    tc.label_smoothing)
                     use = gates.take()
                     if use:

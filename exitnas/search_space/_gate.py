@@ -16,7 +16,8 @@ so the MACs of a sample depend on the sample; the evaluators count them per samp
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple, TypeVar
+import copy
+from typing import Callable, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +25,8 @@ from torch import Tensor, nn
 
 from exitnas._registry import Registry
 
-__all__ = ["GATES", "GateUse", "GatedMultiScaleConv2d", "RingMacs", "gate_mask", "gated_conv", "gated_modules",
-           "ring_macs", "ring_mask", "ring_use"]
+__all__ = ["GATES", "Gate", "GateUse", "GatedMultiScaleConv2d", "RingMacs", "gate_mask", "gated_conv",
+           "gated_modules", "ring_macs", "ring_mask", "ring_use", "without_rings"]
 
 #: Multi-scale gates by name (``space.gate``).
 GATES: Registry[str] = Registry("multi-scale gate")
@@ -58,18 +59,24 @@ def ring_use(g: Tensor, c_in: int, out: Tensor) -> Tuple[Tensor, float]:
     return g.sum(1).mean() * per, float(g.shape[1] * per)
 
 
+class Gate(nn.Module):
+    """The gate of a :class:`GatedMultiScaleConv2d`: ``forward(y3, theta)`` → N×C gates.
+
+    A module of its own so that its output — the gates the conv computed — is what a
+    :class:`RingMacs` or :class:`GateUse` hook reads (with its input ``y3`` for the map's
+    size): the gates are computed once, and nothing is kept on the conv.
+    """
+
+    def forward(self, y3: Tensor, theta: Tensor) -> Tensor:
+        return gate_mask(y3, theta, self.training)
+
+
 class GatedMultiScaleConv2d(nn.Module):
     """Static multi-scale conv with EMGNet's gate on its 3×3 channels.
 
     Outputs ``[0, c5)`` always use 5×5 kernels (``conv5``); outputs ``[c5, c5 + c3)`` use the
-    centre of ``weight`` (c3×c_in×5×5) and, where the gate is on, its ring as well.
-    ``count_ring = False`` leaves the rings out (fvcore then counts the MACs every sample
-    pays; the evaluators add each sample's rings). While a :class:`RingMacs` or
-    :class:`GateUse` watches it, an eager forward keeps its gates in ``last_gates`` for the
-    watcher's hook, so the gates are computed once.
+    centre of ``weight`` (c3×c_in×5×5) and, where the ``gate`` is on, its ring as well.
     """
-
-    keep_gates = False  # set by a watcher
 
     def __init__(self, c_in: int, c5: int, c3: int, stride: int = 1) -> None:
         super().__init__()
@@ -78,21 +85,43 @@ class GatedMultiScaleConv2d(nn.Module):
         self.conv5 = nn.Conv2d(c_in, c5, 5, stride, 2, bias=False) if c5 else None
         self.weight = nn.Parameter(torch.zeros(c3, c_in, 5, 5))
         self.theta = nn.Parameter(torch.zeros(c3))
-        self.count_ring = True
+        self.gate = Gate()
         self.register_buffer("mask", ring_mask(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        y, g = gated_conv(x, self.weight, self.theta, self.stride, self.training, self.mask, self.count_ring)
-        if not torch.jit.is_scripting():
-            self._keep(g)
+        y3 = centre_conv(x, self.weight, self.stride)
+        y = add_rings(x, y3, self.gate(y3, self.theta), self.weight, self.stride, self.training, self.mask)
         if self.conv5 is None:
             return y
         return torch.cat([self.conv5(x), y], dim=1)
 
-    @torch.jit.unused
-    def _keep(self, g: Tensor) -> None:
-        if self.keep_gates:
-            self.last_gates = g
+
+class _RingFree(nn.Module):
+    """A gated conv without its rings: the conv5 part, the 3×3 centres and the gate, which
+    every sample pays (the same parameters; see :func:`without_rings`)."""
+
+    def __init__(self, conv: GatedMultiScaleConv2d) -> None:
+        super().__init__()
+        self.conv5, self.weight, self.theta, self.stride = conv.conv5, conv.weight, conv.theta, conv.stride
+        self.register_buffer("mask", conv.mask, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = gated_conv(x, self.weight, self.theta, self.stride, self.training, self.mask, ring=False)[0]
+        return y if self.conv5 is None else torch.cat([self.conv5(x), y], dim=1)
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def without_rings(module: M) -> M:
+    """A deep copy of ``module`` whose gated convs leave their rings out, for fvcore to count
+    the MACs every sample pays (the evaluators add each sample's rings)."""
+    copied = copy.deepcopy(module)
+    for parent in list(copied.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, GatedMultiScaleConv2d):
+                setattr(parent, name, _RingFree(child))
+    return copied
 
 
 def ring_mask() -> Tensor:
@@ -102,26 +131,39 @@ def ring_mask() -> Tensor:
     return m
 
 
-def gated_conv(x: Tensor, weight: Tensor, theta: Tensor, stride: int, training: bool, mask: Tensor,
-               ring: bool = True) -> Tuple[Tensor, Tensor]:
-    """(output, N×C gates) of 5×5 kernels ``weight`` whose rings the gate switches per sample.
+def centre_conv(x: Tensor, weight: Tensor, stride: int) -> Tensor:
+    """The 3×3 output: the centres of the 5×5 kernels ``weight``."""
+    return F.conv2d(x, weight[:, :, 1:4, 1:4], None, stride, 1)
+
+
+def add_rings(x: Tensor, y3: Tensor, g: Tensor, weight: Tensor, stride: int, training: bool,
+              mask: Tensor) -> Tensor:
+    """``y3`` plus the ring conv of each channel where its gate ``g`` (N×C) is on.
 
     Training runs every ring (so the gradient reaches every gate and kernel); inference runs
     the rings of the channels some sample switched on and adds them where its gate is on.
     A trace (ONNX export) takes the training form, which has no branch on the data.
     """
-    y3 = F.conv2d(x, weight[:, :, 1:4, 1:4], None, stride, 1)
-    g = gate_mask(y3, theta, training)
-    if not ring:  # for counting MACs: the gate stays in the traced graph, the rings do not
-        return y3 + 0.0 * g.sum(), g
     rings = weight * mask  # the outer taps (a product, so ONNX knows the kernel's shape)
     if training or torch.jit.is_tracing():
-        return y3 + g[:, :, None, None] * F.conv2d(x, rings, None, stride, 2), g
+        return y3 + g[:, :, None, None] * F.conv2d(x, rings, None, stride, 2)
     on = torch.nonzero(g.sum(0) > 0).flatten()
     if on.numel() == 0:
-        return y3, g
+        return y3
     r = F.conv2d(x, rings.index_select(0, on), None, stride, 2)
-    return y3.index_add(1, on, r * g.index_select(1, on)[:, :, None, None]), g
+    return y3.index_add(1, on, r * g.index_select(1, on)[:, :, None, None])
+
+
+def gated_conv(x: Tensor, weight: Tensor, theta: Tensor, stride: int, training: bool, mask: Tensor,
+               ring: bool = True) -> Tuple[Tensor, Tensor]:
+    """(output, N×C gates) of 5×5 kernels ``weight`` whose rings the gate switches per sample
+    (see :func:`add_rings`); ``ring=False`` leaves the rings out, for counting MACs: the gate
+    stays in the traced graph, the rings do not."""
+    y3 = centre_conv(x, weight, stride)
+    g = gate_mask(y3, theta, training)
+    if not ring:
+        return y3 + 0.0 * g.sum(), g
+    return add_rings(x, y3, g, weight, stride, training, mask), g
 
 
 def gated_modules(module: nn.Module) -> List[GatedMultiScaleConv2d]:
@@ -132,8 +174,8 @@ W = TypeVar("W", bound="_Watch")
 
 
 class _Watch:
-    """Forward hooks on gated convs while a ``with`` block is open; a hook reads the gates its
-    conv's forward computed (``last_gates``) and the conv's output."""
+    """Forward hooks on the gates of gated convs while a ``with`` block is open; a hook reads
+    the gates (the :class:`Gate`'s output) and the 3×3 output map they gate (its input)."""
 
     def __init__(self, watched: List[GatedMultiScaleConv2d]) -> None:
         self.watched = watched
@@ -142,23 +184,17 @@ class _Watch:
     def _seen(self, m: GatedMultiScaleConv2d, gates: Tensor, out: Tensor) -> None:
         raise NotImplementedError
 
-    def _hook(self, m: GatedMultiScaleConv2d, inp: Tuple[Tensor, ...], y: Tensor) -> None:
-        c5 = 0 if m.conv5 is None else m.conv5.out_channels
-        self._seen(m, m.last_gates, y[:, c5:])
+    def _hook_for(self, m: GatedMultiScaleConv2d) -> Callable[[nn.Module, Tuple[Tensor, ...], Tensor], None]:
+        return lambda gate, inputs, gates: self._seen(m, gates, inputs[0])
 
     def __enter__(self: W) -> W:
-        for m in self.watched:
-            m.keep_gates = True
-        self._handles = [m.register_forward_hook(self._hook) for m in self.watched]
+        self._handles = [m.gate.register_forward_hook(self._hook_for(m)) for m in self.watched]
         return self
 
     def __exit__(self, *exc: object) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
-        for m in self.watched:  # back to the class default: nothing kept, nothing for TorchScript to see
-            m.__dict__.pop("keep_gates", None)
-            m.__dict__.pop("last_gates", None)
 
 
 class RingMacs(_Watch):

@@ -12,7 +12,8 @@ routing changes is where each loss's gradient may flow:
   deeper part. The cross terms carry no gradient, so the two losses stop pulling the
   channels at the exit in opposite directions. The final exit is never partitioned.
 
-A routing is ``route(x, beta) -> (head_input, deeper_input)``.
+A routing is ``route(x, beta) -> (head_input, deeper_input)``; ``StaticNet.forward(x, routing, beta)``
+(through ``ExitStep``) and ``Supernet.forward`` apply it.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from exitnas._registry import Registry
 
-__all__ = ["ROUTINGS", "dfs_route", "partition_channels", "routed_forward", "shared_route"]
+__all__ = ["ROUTINGS", "dfs_route", "partition_channels", "shared_route"]
 
 Route = Callable[[Tensor, float], "tuple[Tensor, Tensor]"]
 
@@ -47,21 +48,3 @@ def dfs_route(x: Tensor, beta: float) -> tuple[Tensor, Tensor]:
     k = partition_channels(x.shape[1], beta)
     own, rest = x[:, :k], x[:, k:]
     return torch.cat([own, rest.detach()], 1), torch.cat([own.detach(), rest], 1)
-
-
-def routed_forward(net: nn.Module, x: Tensor, routing: str, beta: float) -> list[Tensor]:
-    """Every exit's logits of a ``StaticNet`` (as its ``forward``), with ``routing`` at the
-    non-final exits: how ``exitnas retrain`` trains an exported subnet with DFS."""
-    route = ROUTINGS.get(routing)
-    outs: list[Tensor] = []
-    last = len(net.heads) - 1
-    for k, (seg, head, combine) in enumerate(zip(net.segments, net.heads, net.combiners)):
-        x = seg(x)
-        feats = x
-        if k != last:
-            feats, x = route(x, beta)
-        logits = head(feats)
-        if k > 0:
-            logits = combine(logits, outs[-1])
-        outs.append(logits)
-    return outs

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from exitnas._errors import UserError
 from exitnas._registry import Registry
@@ -15,7 +16,31 @@ from exitnas.search_space._ensemble import ENSEMBLES
 from exitnas.search_space._gate import GATES
 from exitnas.search_space._heads import HEADS
 
-__all__ = ["SearchSpace", "SPACES", "build_space"]
+__all__ = ["ArchBlock", "SearchSpace", "SPACES", "build_space"]
+
+
+class ArchBlock(NamedTuple):
+    """One active block of an arch, as :meth:`SearchSpace.walk` yields it.
+
+    Attributes:
+        stage, block: Its position (block 0 is the stage's first, which takes the stride).
+        c_in, c_out: Its active input and output channels (the first block's input is the stem's).
+        ratio: The 5×5 share of its convs.
+        exit: Index of the exit at its end in ``arch.exits``, or ``None``.
+        head: That exit's head type, or ``None``.
+    """
+
+    stage: int
+    block: int
+    c_in: int
+    c_out: int
+    ratio: float
+    exit: int | None
+    head: str | None
+
+    @property
+    def first(self) -> bool:
+        return self.block == 0
 
 
 @dataclass(frozen=True)
@@ -83,6 +108,22 @@ class SearchSpace:
     def stage_channels(self, stage: int, width: float) -> int:
         """Active channels of ``stage`` at width multiplier ``width`` (a prefix of the full width)."""
         return max(1, int(round(width * self.channels[stage])))
+
+    def stem_channels(self, arch: ArchConfig) -> int:
+        """Output channels of ``arch``'s stem (its first stage's width)."""
+        return self.stage_channels(0, arch.widths[0])
+
+    def walk(self, arch: ArchConfig) -> Iterator[ArchBlock]:
+        """``arch``'s active blocks in network order, with their channels and exits: the one
+        stage/block walk that the supernet, ``to_static`` and the latency table share."""
+        exits = {pos: k for k, pos in enumerate(arch.exits)}
+        c_in = self.stem_channels(arch)
+        for s, d in enumerate(arch.depths):
+            c = self.stage_channels(s, arch.widths[s])
+            for b in range(d):
+                k = exits.get((s, b))
+                yield ArchBlock(s, b, c_in, c, arch.ratios[s][b], k, None if k is None else arch.heads[k])
+                c_in = c
 
     def candidate_exits(self) -> list[tuple[int, int]]:
         """Every block end of the supernet, each a candidate exit with its own heads."""

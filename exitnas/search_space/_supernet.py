@@ -15,7 +15,7 @@ from exitnas.search_space._ops import (
 )
 from exitnas.search_space._routing import ROUTINGS
 from exitnas.search_space._space import SearchSpace
-from exitnas.search_space._static import StaticBlock, StaticNet
+from exitnas.search_space._static import ExitStep, StaticBlock, StaticNet
 
 __all__ = ["ElasticBlock", "Supernet"]
 
@@ -99,24 +99,19 @@ class Supernet(nn.Module):
         ``gate_use`` (if given) receives each gated conv's ring MACs switched on (see ``_gate``).
         """
         sp = self.space
-        route = ROUTINGS.get(routing)
-        last = arch.exits[-1]
-        x = self.stem_bn(self.stem_conv(x, sp.stage_channels(0, arch.widths[0]))).relu()
-        heads = dict(zip(arch.exits, arch.heads))
+        ROUTINGS.get(routing)  # an unknown routing fails here, even in a net with one exit
+        x = self.stem_bn(self.stem_conv(x, sp.stem_channels(arch))).relu()
         outs: list[Tensor] = []
-        for s, blocks in enumerate(self.stages):
-            c = sp.stage_channels(s, arch.widths[s])
-            for b in range(arch.depths[s]):
-                x = blocks[b](x, c, arch.ratios[s][b], gate_use)
-                head = heads.get((s, b))
-                if head is not None:
-                    feats = x
-                    if (s, b) != last:
-                        feats, x = route(x, beta)
-                    logits = self.heads[_key(s, b)][head](feats)
-                    if outs:
-                        logits = self.combiners[_key(s, b)](logits, outs[-1])
-                    outs.append(logits)
+        prev = x  # unread: a subnet's first exit has nothing to build on
+        for blk in sp.walk(arch):
+            x = self.stages[blk.stage][blk.block](x, blk.c_out, blk.ratio, gate_use)
+            if blk.head is not None:
+                key = _key(blk.stage, blk.block)
+                # The block ran above: the step's segment is the identity.
+                step = ExitStep(nn.Identity(), self.heads[key][blk.head], self.combiners[key],
+                                first=not outs, final=blk.exit == arch.num_exits - 1)
+                x, prev = step(x, prev, routing, beta)
+                outs.append(prev)
         return outs
 
     def to_static(self, arch: ArchConfig) -> StaticNet:
@@ -127,22 +122,18 @@ class Supernet(nn.Module):
         """
         self.space.validate(arch)
         sp = self.space
-        c0 = sp.stage_channels(0, arch.widths[0])
+        c0 = sp.stem_channels(arch)
         stem = nn.Sequential(self.stem_conv.to_static(sp.in_channels, c0), self.stem_bn.to_static(c0), nn.ReLU())
-        exit_at = set(arch.exits)
         segments: list[list[nn.Module]] = [[stem]]
         heads: list[nn.Module] = []
         combiners: list[nn.Module] = []
-        c_in = c0
-        for s, d in enumerate(arch.depths):
-            c = sp.stage_channels(s, arch.widths[s])
-            for b in range(d):
-                segments[-1].append(self.stages[s][b].to_static(c_in, c, arch.ratios[s][b]))
-                c_in = c
-                if (s, b) in exit_at:
-                    heads.append(self.heads[_key(s, b)][arch.heads[len(heads)]].to_static(c))
-                    combiners.append(self.combiners[_key(s, b)].to_static() if combiners else NoCombine())
-                    segments.append([])
+        for blk in sp.walk(arch):
+            segments[-1].append(self.stages[blk.stage][blk.block].to_static(blk.c_in, blk.c_out, blk.ratio))
+            if blk.head is not None:
+                key = _key(blk.stage, blk.block)
+                heads.append(self.heads[key][blk.head].to_static(blk.c_out))
+                combiners.append(self.combiners[key].to_static() if combiners else NoCombine())
+                segments.append([])
         segments.pop()  # the final exit is the last block: nothing runs after it
         ensemble = GeometricEnsemble(len(heads), sp.num_classes) if sp.ensemble == "geometric" else None
         net = StaticNet([nn.Sequential(*seg) for seg in segments], heads, combiners, ensemble)

@@ -13,7 +13,7 @@ import torch
 
 from exitnas._errors import UserError
 from exitnas.results._export import export_trial, load_trial
-from exitnas.results._model import load_export
+from exitnas.runtime import load_export
 from exitnas.search_space import ArchConfig
 from exitnas.training import load_supernet
 

@@ -68,7 +68,7 @@ def test_ztw_cascade_starts_as_independent_exits_and_learns_a_detached_mix() -> 
 
 @pytest.mark.parametrize("combine", sorted(COMBINERS))
 def test_static_form_and_early_exit_runtime_match_the_supernet(combine: str) -> None:
-    from exitnas.results._model import EarlyExitModel
+    from exitnas.runtime import EarlyExitModel
 
     net = _net(combine).eval()
     arch = net.space.largest()

@@ -7,10 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from exitnas.evaluators import exit_costs
-from exitnas.evaluators._runtime import deploy_early_exit
+from exitnas.runtime import deploy_early_exit
 from exitnas.search_space import GeometricEnsemble, Supernet, build_space
 from exitnas.search_space._ensemble import fit_ensemble
-from exitnas.search_space._routing import routed_forward
 
 
 def _space(**kw):  # type: ignore[no-untyped-def]
@@ -61,7 +60,7 @@ def test_static_net_ensembles_in_forward_early_exit_and_deployment(mid_gap) -> N
         net.ensemble.bias.normal_()
     x = torch.randn(12, 3, 16, 16)
     with torch.no_grad():
-        raw = routed_forward(net, x, "shared", 0.5)  # the exits before the ensemble
+        raw = net(x, ensemble=False)  # the exits before the ensemble
         outs = net(x)
         lp = [F.log_softmax(z, 1) for z in raw]
         for k, out in enumerate(outs):

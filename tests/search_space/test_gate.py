@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from exitnas.evaluators import ExitCache, ExitPolicy, anytime, build_exit_cache, exit_costs, oracle
-from exitnas.evaluators._runtime import deploy_early_exit
+from exitnas.runtime import deploy_early_exit
 from exitnas.search_space import GatedMultiScaleConv2d, Supernet, build_space
 from exitnas.search_space._gate import gate_mask
 from exitnas.training import gate_penalty
@@ -238,3 +238,23 @@ def test_a_trace_of_a_gated_net_follows_each_input(tmp_path) -> None:  # type: i
                       dynamic_axes={"x": {0: "n"}})
     got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": loud.numpy()})[0]
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_watchers_and_the_cost_count_leave_the_gated_convs_as_they_were() -> None:
+    """No attribute is set on a gated conv (the gates reach a watcher as its Gate's output),
+    and the MAC count traces a ring-free copy."""
+    from exitnas.search_space import GateUse, RingMacs, gated_modules
+
+    torch.manual_seed(0)
+    space = _space(ratios=(0.0,))
+    static = Supernet(space).to_static(space.largest()).eval()
+    convs = gated_modules(static)
+    before = [dict(vars(m)) for m in convs]
+    with RingMacs(list(static.segments)) as rings, GateUse(static) as use:
+        static(torch.randn(3, 3, 16, 16))
+        assert rings.take(3) is not None and len(use.take()) == len(convs)
+    exit_costs(static, (3, 16, 16))
+    for m, b in zip(convs, before):
+        assert vars(m).keys() == b.keys()
+        assert not m.gate._forward_hooks
+    assert gated_modules(static) == convs

@@ -58,8 +58,6 @@ def test_dfs_supernet_has_the_same_logits_and_its_exit_loss_spares_the_deeper_ch
 
 def test_static_net_trains_with_the_same_routing() -> None:
     """``exitnas retrain`` trains the exported subnet with DFS as the supernet was trained."""
-    from exitnas.search_space._routing import routed_forward
-
     torch.manual_seed(0)
     space = build_space("msr-resnet", in_channels=1, num_classes=10, channels=(8, 16), depths=(1, 2),
                         widths=(1.0,), ratios=(0.0,), heads=("linear",), combine="ztw")
@@ -67,12 +65,12 @@ def test_static_net_trains_with_the_same_routing() -> None:
     torch.nn.init.ones_(sup.stages[0][0].bn2.weight)
     net = sup.to_static(space.largest()).train()
     x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
-    for a, b in zip(net(x), routed_forward(net, x, "dfs", 0.5)):
+    for a, b in zip(net(x), net(x, "dfs", 0.5)):
         torch.testing.assert_close(a, b)
     net.zero_grad()
-    F.cross_entropy(routed_forward(net, x, "dfs", 0.5)[0], y).backward()
+    F.cross_entropy(net(x, "dfs", 0.5)[0], y).backward()
     g = net.segments[0][1].conv2.conv3.weight.grad  # segment 0: the stem, then stage 0's block
     assert bool((g[4:] == 0).all()) and float(g[:4].abs().sum()) > 0
     net.zero_grad()
-    F.cross_entropy(routed_forward(net, x, "shared", 0.5)[0], y).backward()
+    F.cross_entropy(net(x, "shared", 0.5)[0], y).backward()
     assert float(net.segments[0][1].conv2.conv3.weight.grad[4:].abs().sum()) > 0

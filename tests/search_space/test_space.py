@@ -155,3 +155,17 @@ def test_stage_channels_are_a_prefix() -> None:
     space = _tiny()
     assert space.stage_channels(0, 0.5) == 4 and space.stage_channels(1, 1.0) == 16
     assert space.candidate_exits() == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_walk_yields_each_active_block_with_its_channels_and_exit() -> None:
+    space = _tiny()
+    arch = ArchConfig("msr-resnet", depths=(2, 1), widths=(0.5, 1.0), ratios=((0.0, 0.5), (1.0,)),
+                      exits=((0, 1), (1, 0)), heads=("msdnet", "linear"))
+    assert space.stem_channels(arch) == 4
+    blocks = list(space.walk(arch))
+    assert [(b.stage, b.block, b.c_in, b.c_out, b.ratio, b.exit, b.head) for b in blocks] == [
+        (0, 0, 4, 4, 0.0, None, None),
+        (0, 1, 4, 4, 0.5, 0, "msdnet"),
+        (1, 0, 4, 16, 1.0, 1, "linear"),
+    ]
+    assert [b.first for b in blocks] == [True, False, True]

@@ -1,4 +1,4 @@
-"""The inference runtime at batch size 1: BatchNorm folded, channels-last, TorchScript, frozen.
+"""The deployed form of a module: BatchNorm folded, channels-last, TorchScript, frozen.
 
 At batch size 1 on a CPU a small subnet runs far below the arithmetic rate of a large one:
 each op pays a fixed cost (dispatch, allocation) and small convs use their kernels poorly.
@@ -7,9 +7,8 @@ multi-scale conv, each part takes its channels' share). :func:`deploy` then stor
 weights channels-last (measured on a 2-core Xeon, torch 2.13, one thread: subnets 8–45%
 faster than NCHW; ``torch.jit.optimize_for_inference``'s MKLDNN layout was slower for small
 subnets and its result cannot be saved), scripts and freezes, which inlines every submodule
-call and turns weights into constants. :class:`EarlyExitRuntime` gives a single image an
-early-exit loop without a batch's bookkeeping. The exported early-exit model, the latency
-table and the latency benchmark all run this one path, so the table predicts what ships.
+call and turns weights into constants. The exported early-exit model, the latency table and
+the latency benchmark all run this one path, so the table predicts what ships.
 
 Folding works on a deep copy: the module passed in (a ``StaticNet``, a block, a head) is
 left as it is, with its BatchNorms, for training and for checking against the supernet.
@@ -25,12 +24,9 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from exitnas._confidence import confidence
-from exitnas.search_space import StaticBlock
-from exitnas.search_space._combine import NoCombine
-from exitnas.search_space._ops import MultiScaleConv2d
+from exitnas.search_space import MultiScaleConv2d, StaticBlock
 
-__all__ = ["EarlyExitRuntime", "Normalise", "channels_last", "deploy", "deploy_early_exit", "fold_batchnorm"]
+__all__ = ["Normalise", "channels_last", "deploy", "fold_batchnorm"]
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -127,79 +123,3 @@ class Normalise(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return channels_last((x - self.mean) / self.std)
-
-
-def plain_exits(net: nn.Module) -> bool:
-    """Whether each exit's logits are its head's own: no combiner (boost, ZTW) and no ensemble
-    carries state from one exit to the next, so an exit can run and be judged alone."""
-    return (all(isinstance(c, NoCombine) for c in getattr(net, "combiners", []))
-            and getattr(net, "ensemble", None) is None)
-
-
-class EarlyExitRuntime(nn.Module):
-    """A ``StaticNet`` with its thresholds: ``_run(x)`` → (logits, exit index) per sample.
-
-    A batch of one image takes a loop of its own: it stops at the first confident exit and
-    returns that exit's logits as they are, where ``StaticNet.early_exit`` keeps the
-    bookkeeping a batch needs (which samples left, gathering their logits), 50 µs per early
-    leave and 12 µs per image on the benchmark's CPU. Both give the same exits and logits
-    (a test checks). That loop runs only heads whose logits are the exit's (every combiner
-    ``none``, no ensemble); a net whose exits combine takes ``StaticNet.early_exit`` at
-    every batch size.
-    """
-
-    def __init__(self, net: nn.Module, thresholds: list[float], kind: str = "maxprob") -> None:
-        super().__init__()
-        self.net = net
-        self.kind = kind
-        self.register_buffer("thresholds", torch.tensor(thresholds, dtype=torch.float32))
-        self.single_loop = plain_exits(net)
-
-    def _run(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.single_loop and x.shape[0] == 1:
-            return self._run_one(x)
-        return self.net.early_exit(x, self.thresholds, self.kind)
-
-    def _run_one(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.no_grad():
-            last = len(self.net.heads) - 1
-            out = torch.empty([0])
-            exit_k = last
-            done = False
-            # No `break` (TorchScript unrolls loops over ModuleLists and forbids it there).
-            for k, (seg, head) in enumerate(zip(self.net.segments, self.net.heads)):
-                if not done:
-                    x = seg(x)
-                    logits = head(x)
-                    if k == last:
-                        out, done = logits, True
-                    elif bool(confidence(logits, self.kind)[0] >= self.thresholds[k]):
-                        out, exit_k, done = logits, k, True
-            return out, torch.full([1], exit_k, dtype=torch.long, device=out.device)
-
-
-class _EarlyExit(EarlyExitRuntime):
-    """The early-exit runtime with fixed thresholds (and optionally the input normalisation)
-    as ``forward``, for scripting and freezing."""
-
-    def __init__(self, net: nn.Module, thresholds: list[float], kind: str, normalise: Normalise | None) -> None:
-        super().__init__(net, thresholds, kind)
-        self.normalise = normalise
-        self.eval()
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.normalise is not None:
-            x = self.normalise(x)
-        return self._run(channels_last(x))
-
-
-def deploy_early_exit(net: nn.Module, thresholds: Sequence[float], kind: str = "maxprob",
-                      mean: Sequence[float] | None = None,
-                      std: Sequence[float] | None = None) -> torch.jit.ScriptModule:
-    """The deployed early-exit runtime of a ``StaticNet``: ``x → (logits, exit)`` per sample.
-
-    With ``mean`` and ``std`` it takes images in [0, 1] and runs the same ops as the exported
-    :class:`~exitnas.results.EarlyExitModel`; without them it takes normalised inputs.
-    """
-    normalise = Normalise(mean, std) if mean is not None and std is not None else None
-    return deploy(_EarlyExit(net, [float(t) for t in thresholds], kind, normalise), ("thresholds",))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, List, Tuple
 
@@ -11,11 +10,13 @@ import torch
 from torch import Tensor, nn
 
 from exitnas._errors import UserError
-from exitnas.evaluators._runtime import EarlyExitRuntime, channels_last, deploy
-from exitnas.search_space import ArchConfig, SearchSpace, StaticNet, Supernet
-from exitnas.search_space._gate import gated_modules, ring_mask
+from exitnas._io import read_json
+from exitnas.runtime._deploy import channels_last, deploy
+from exitnas.runtime._early_exit import EarlyExitRuntime
+from exitnas.search_space import ArchConfig, SearchSpace, StaticNet, Supernet, gated_modules, ring_mask
 
-__all__ = ["EXPORT_FORMAT", "EarlyExitModel", "deploy_model", "load_export", "sha256_file"]
+__all__ = ["EXPORT_FORMAT", "AllExits", "EarlyExitModel", "deploy_model", "load_export", "sha256_file",
+           "static_skeleton"]
 
 EXPORT_FORMAT = 1
 
@@ -25,7 +26,7 @@ class EarlyExitModel(EarlyExitRuntime):
 
     ``forward`` stops at the first exit confident enough; samples that left are dropped
     from the batch, so at batch size 1 later blocks never run (and a single image skips the
-    batch bookkeeping, see :class:`~exitnas.evaluators._runtime.EarlyExitRuntime`).
+    batch bookkeeping, see :class:`~exitnas.runtime.EarlyExitRuntime`).
     ``all_exits`` returns every exit's logits (what the ONNX file computes). TorchScript
     compiles it as is; :func:`deploy_model` is the form the export writes (BatchNorm folded,
     frozen).
@@ -45,18 +46,18 @@ class EarlyExitModel(EarlyExitRuntime):
         return self.net(self._normalise(x))
 
     def _normalise(self, x: Tensor) -> Tensor:
-        # The same ops as _runtime.Normalise, which the latency table times with the stem.
+        # The same ops as runtime.Normalise, which the latency table times with the stem.
         return channels_last((x - self.mean) / self.std)
 
 
 def deploy_model(model: EarlyExitModel) -> torch.jit.ScriptModule:
     """``model`` as the export writes it: BatchNorm folded, channels-last, scripted and frozen
-    (``_runtime.deploy``; the runtime the latency table times). ``forward``, ``all_exits``
+    (``exitnas.runtime.deploy``; the runtime the latency table times). ``forward``, ``all_exits``
     and ``thresholds`` are kept; the weights become constants of the graph."""
     return deploy(model, ("all_exits", "thresholds"))
 
 
-class _AllExits(nn.Module):
+class AllExits(nn.Module):
     """What the ONNX file holds: every exit's logits (ONNX has no data-dependent early stop)."""
 
     def __init__(self, model: EarlyExitModel) -> None:
@@ -68,6 +69,7 @@ class _AllExits(nn.Module):
 
 
 def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (the export records one per file)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -96,12 +98,8 @@ def load_export(directory: str | Path) -> tuple[EarlyExitModel, dict[str, Any]]:
     d = Path(directory)
     meta_path = d / "arch.json" if d.is_dir() else d
     d = meta_path.parent
-    if not meta_path.is_file():
-        raise UserError(f"{meta_path} does not exist; point at an export folder or its arch.json")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{meta_path} is not valid JSON ({e}); re-export the trial") from None
+    meta = read_json(meta_path, "{path} does not exist; point at an export folder or its arch.json",
+                     "{path} is not valid JSON ({error}); re-export the trial")
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise UserError(f"{meta_path} is not an exitnas export (format {EXPORT_FORMAT})")
     try:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from exitnas._errors import UserError
-from exitnas.evaluators._graphs import GraphedEarlyExit
+from exitnas.runtime import GraphedEarlyExit
 from exitnas.search_space import ArchConfig, Supernet, build_space
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from exitnas.evaluators._runtime import deploy, deploy_early_exit, fold_batchnorm
+from exitnas.runtime import deploy, deploy_early_exit, fold_batchnorm
 from exitnas.search_space import ArchConfig, Supernet, build_space
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}

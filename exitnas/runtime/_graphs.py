@@ -8,13 +8,13 @@ head k and the comparison ``confidence ≥ threshold_k``) is its own graph. Step
 k−1's output buffer directly, so going on costs one replay, and stopping costs one read of a
 bool from the GPU.
 
-The steps are the deployed modules of ``_runtime.deploy`` (BatchNorm folded, channels-last,
+The steps are the subnet's own ``ExitStep``s, deployed by ``_deploy.deploy`` (BatchNorm folded, channels-last,
 frozen TorchScript), the same as the exported model's. Only a net whose exits are plain
 classifiers can be replayed this way: a combiner or an ensemble carries state between exits,
 and an EMGNet gate picks its kernels per input, which a recorded graph cannot do.
 
 Not yet run on a GPU in this project (the CPU tests cover the stepping through static
-buffers with ``graphs=False``; ``tests/evaluators/test_graphs.py`` has a CUDA test).
+buffers with ``graphs=False``; ``tests/runtime/test_graphs.py`` has a CUDA test).
 """
 
 from __future__ import annotations
@@ -27,22 +27,21 @@ from torch import Tensor, nn
 
 from exitnas._confidence import CONFIDENCES, confidence
 from exitnas._errors import UserError
-from exitnas.evaluators._runtime import Normalise, channels_last, deploy, plain_exits
-from exitnas.search_space import StaticNet
-from exitnas.search_space._gate import gated_modules
+from exitnas.runtime._deploy import Normalise, channels_last, deploy
+from exitnas.runtime._early_exit import plain_exits
+from exitnas.search_space import ExitStep, StaticNet, gated_modules
 
 __all__ = ["GraphedEarlyExit"]
 
 
 class _Step(nn.Module):
-    """Segment k, head k and (except at the last exit) the decision, as one module; freezing
-    makes ``decide`` a constant, so the last step has no decision in its graph."""
+    """Exit step k (segment k, head k) and, except at the last exit, the decision, as one module;
+    freezing makes ``decide`` a constant, so the last step has no decision in its graph."""
 
-    def __init__(self, segment: nn.Module, head: nn.Module, threshold: Optional[float], kind: str,
-                 normalise: Optional[Normalise]) -> None:
+    def __init__(self, step: ExitStep, threshold: Optional[float], kind: str, normalise: Optional[Normalise]) -> None:
         super().__init__()
         self.normalise = normalise
-        self.segment, self.head = segment, head
+        self.step = step
         self.decide = threshold is not None
         self.threshold = float(threshold) if threshold is not None else 0.0
         self.kind = kind
@@ -50,8 +49,7 @@ class _Step(nn.Module):
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         if self.normalise is not None:
             x = self.normalise(x)
-        x = self.segment(x)
-        logits = self.head(x)
+        x, logits = self.step(x, x)  # plain exits: the previous exit's logits are unread
         if self.decide:
             leave = confidence(logits, self.kind) >= self.threshold
         else:
@@ -83,9 +81,9 @@ class GraphedEarlyExit:
                             "pass graphs=False or move the net to cuda")
         normalise = Normalise(mean, std).to(device) if mean is not None and std is not None else None
         last = net.num_exits - 1
-        self.steps = [deploy(_Step(net.segments[k], net.heads[k], None if k == last else float(thresholds[k]),
+        self.steps = [deploy(_Step(step, None if k == last else float(thresholds[k]),
                                    kind, normalise if k == 0 else None).to(device).eval())
-                      for k in range(net.num_exits)]
+                      for k, step in enumerate(net.steps)]
         self.graphs = graphs
         self.input = channels_last(torch.zeros(1, *input_shape, device=device))
         self.outputs: list[Tuple[Tensor, Tensor, Tensor]] = []
