@@ -53,6 +53,7 @@ class Range:
 
     @classmethod
     def parse(cls, text: str) -> Range:
+        """``"[0, 1)"`` → the half-open unit interval; ``">= 1"`` → the numbers from 1 up."""
         bound = re.fullmatch(r"(>=|>)\s*(\S+)", text)
         if bound:
             return cls(text, lo=float(bound[2]), lo_open=bound[1] == ">")
