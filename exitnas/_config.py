@@ -194,7 +194,7 @@ class SearchConfig(_Checked):
     workers: int = field(default=1, metadata=within(">= 1"))
     ray_address: str | None = None
     gpus_per_worker: float = field(default=0.0, metadata=within(">= 0"))
-    seed: int = field(default=0, metadata=within(">= 0"))  # Optuna's samplers refuse negative seeds
+    seed: int = field(default=0, metadata=within("[0, 4294967296)"))  # what Optuna's samplers accept
     recal_images: int = field(default=2000, metadata=within(">= 1"))
     confidence: str = field(default="maxprob", metadata=one_of(CONFIDENCES))
     exit_rule: str = "threshold"

@@ -32,7 +32,7 @@ OUT_OF_RANGE = [
     ("space.widths", [0.0, 1.0]), ("space.widths", [1.5]), ("space.ratios", [-0.5]), ("space.ratios", [1.5]),
     ("space.heads", []),
     ("search.trials", 0), ("search.workers", 0), ("search.recal_images", 0), ("search.gpus_per_worker", -1),
-    ("search.budget_mmacs", 0), ("search.budget_mmacs", -1), ("search.seed", -1),
+    ("search.budget_mmacs", 0), ("search.budget_mmacs", -1), ("search.seed", -1), ("search.seed", 2**32),
     ("data.val_size", 0), ("data.val_size", 1.0), ("data.seed", -1),
 ]
 
