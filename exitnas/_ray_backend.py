@@ -24,8 +24,11 @@ MAX_ROUNDS = 3
 
 
 def _worker(cfg_dict: dict[str, Any], checkpoint: str, worker: int, n_trials: int, threads: int, token: str) -> int:
+    import optuna
     import torch
 
+    # A Ray worker is its own process's entry point: it sets what the CLI sets for its own.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(max(1, threads))
     return run_worker(ExperimentConfig.from_dict(cfg_dict), checkpoint, worker, n_trials, token=token)
 

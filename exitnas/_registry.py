@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+import difflib
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 from exitnas._errors import UserError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "did_you_mean"]
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: object, known: Iterable[str]) -> str:
+    """`` (did you mean 'plain'?)`` for the known name closest to a mistyped ``name``, else ``""``."""
+    near = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
 
 
 class Registry(Generic[T]):
@@ -33,8 +40,13 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            known = ", ".join(sorted(self._items))
-            raise UserError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise self.unknown(name) from None
+
+    def unknown(self, name: object, key: str | None = None) -> UserError:
+        """The one-line error for a name not registered here, naming the config ``key`` that held it."""
+        where = f" for {key}" if key else ""
+        return UserError(f"unknown {self.kind} {name!r}{where}{did_you_mean(name, self._items)}; "
+                         f"known: {', '.join(sorted(self._items))}")
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -75,18 +75,18 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
                 url = "postgresql+psycopg2://" + url.removeprefix(prefix)
     if kind == "sqlite":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {}
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="exitnas")
-    if heartbeat:
-        kwargs = {
-            "heartbeat_interval": HEARTBEAT_INTERVAL,
-            "grace_period": GRACE_PERIOD,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=3),
-        }
     engine_kwargs = {"connect_args": {"connect_timeout": 5}} if kind == "postgresql" else {}
     try:
+        # Heartbeats are experimental in Optuna: silenced here, not for the caller's process.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            kwargs = {}
+            if heartbeat:
+                kwargs = {
+                    "heartbeat_interval": HEARTBEAT_INTERVAL,
+                    "grace_period": GRACE_PERIOD,
+                    "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=3),
+                }
             storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         if kind == "sqlite":
             _fast_sqlite(storage)

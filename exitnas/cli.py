@@ -36,10 +36,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from exitnas._config import load_config
+    from exitnas._check import load_checked_config
     from exitnas.training import train_supernet
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_checked_config(args.config, args.overrides)
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
@@ -76,17 +76,18 @@ def _open_experiment(args: argparse.Namespace) -> Experiment:
     return Experiment.from_checkpoint(args.checkpoint, args.config, tuple(args.overrides))
 
 
+#: ``exitnas search`` flags that set ``search.<flag>`` (typed by argparse, applied as they are).
+_SEARCH_FLAGS = ("storage", "study", "backend", "workers", "ray_address", "gpus_per_worker", "trials", "sampler",
+                 "objective", "checkpoint", "latency_table")
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
-    from exitnas._config import load_config
+    from exitnas._check import load_checked_config
     from exitnas.search import format_front, run_search
 
-    flags = {"storage": args.storage, "study": args.study, "backend": args.backend, "workers": args.workers,
-             "ray_address": args.ray_address, "gpus_per_worker": args.gpus_per_worker, "trials": args.trials,
-             "sampler": args.sampler, "objective": args.objective, "checkpoint": args.checkpoint,
-             "latency_table": args.latency_table}
-    overrides = list(args.overrides) + [f"search.{k}={v}" for k, v in flags.items() if v is not None]
+    flags = {f"search.{k}": getattr(args, k) for k in _SEARCH_FLAGS if getattr(args, k) is not None}
     base = _checkpoint_config(args.checkpoint) if args.config is None else None
-    cfg = load_config(args.config, overrides, base=base)
+    cfg = load_checked_config(args.config, args.overrides, base=base, flags=flags)
     front = run_search(cfg)
     print(f"Pareto front of study {cfg.search.study!r} ({cfg.search.storage}):")
     print(format_front(front))
@@ -133,8 +134,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
+    from exitnas._config import TrainConfig, check_field
     from exitnas.results._retrain import retrain_export
 
+    for flag in ("epochs", "lr"):  # they stand in for train.epochs and train.lr: the same ranges
+        check_field(TrainConfig, flag, getattr(args, flag), key=f"--{flag}")
     arch_json = Path(args.arch_json)
     out = Path(args.out) if args.out else arch_json.parent.parent / (arch_json.parent.name + "-retrained")
     r = retrain_export(arch_json, out, scratch=not args.finetune, epochs=args.epochs, lr=args.lr, seed=args.seed)
@@ -146,11 +150,11 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from exitnas._config import load_config
+    from exitnas._check import load_checked_config
     from exitnas.evaluators import profile_space
     from exitnas.experiment import Experiment
 
-    exp = Experiment(load_config(args.config, args.overrides), device=args.device)
+    exp = Experiment(load_checked_config(args.config, args.overrides), device=args.device)
     table = profile_space(exp.space, exp.splits.image_size, exp.device, repeats=args.repeats)
     table.save(args.out)
     print(f"measured {len(table.entries)} ops on {table.device_name}; wrote {args.out}")
@@ -248,8 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import optuna
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Once, here: the library leaves Optuna's log level to whoever calls it. The CLI's
+    # progress bar and one-line errors replace Optuna's per-trial INFO lines.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

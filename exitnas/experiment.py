@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from exitnas._config import ExperimentConfig, load_config
+from exitnas._check import check_config, load_checked_config
+from exitnas._config import ExperimentConfig
 from exitnas._errors import UserError
 from exitnas.data import ImageSplits, load_dataset
 from exitnas.evaluators import Evaluator, LatencyTable
@@ -72,6 +73,7 @@ class Experiment:
 
     def __init__(self, cfg: ExperimentConfig, checkpoint: str | Path | None = None, *, device: str | None = None,
                  splits: ImageSplits | None = None, use_cache_dir: bool = True) -> None:
+        check_config(cfg)  # every registered name, whichever way the config came (file, study, export)
         self.cfg = cfg
         self.checkpoint = Path(checkpoint) if checkpoint is not None else checkpoint_of(cfg)
         self._device_name = device or cfg.train.device
@@ -86,7 +88,7 @@ class Experiment:
         """The experiment a checkpoint was trained with; ``config`` (a YAML file) replaces it and
         ``overrides`` (``section.key=value``) apply to either."""
         state = load_checkpoint(checkpoint)
-        cfg = load_config(config, overrides, base=None if config else state["config"])
+        cfg = load_checked_config(config, overrides, base=None if config else state["config"])
         return cls(cfg, checkpoint, device=device)
 
     @classmethod

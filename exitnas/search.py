@@ -82,8 +82,6 @@ def run_search(cfg: ExperimentConfig, *, exp: Experiment | None = None,
     exp = exp or Experiment(cfg)
     if exp.cfg != cfg:
         raise ValueError("run_search: exp was opened with another config than cfg")
-    if sc.backend not in ("local", "ray"):
-        raise UserError(f"search.backend {sc.backend!r} is not one of local, ray")
     if sc.backend == "ray" and sc.workers > 1 and storage_kind(sc.storage) == "sqlite":
         raise UserError("several workers on one SQLite file are not safe; use journal:///FILE.log or postgresql://")
     # Everything that can be wrong is checked before the study exists: a bad checkpoint or

@@ -19,9 +19,9 @@ RANKS = {"base": 0, "data": 1, "search_space": 1, "config": 2, "runtime": 3, "ev
 MODULES = {
     "base": {"__init__", "_errors", "_io", "_registry", "_confidence", "_samplers", "_storage"},
     "config": {"_config"},
-    "experiment": {"experiment", "_trial_codec", "_check"},
+    "experiment": {"experiment", "_trial_codec", "_check", "_registries"},
     "search": {"search", "_objective", "_study", "_workers", "_ray_backend"},
-    "cli": {"cli", "__main__", "_demo", "_registries"},
+    "cli": {"cli", "__main__", "_demo"},
 }
 
 

@@ -53,6 +53,8 @@ class DataConfig:
             raise UserError(f"data.val_size {vs} as a count must be positive")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise UserError(f"data.seed must be an int, got {self.seed!r}")
+        if self.seed < 0:  # numpy's generators refuse negative seeds
+            raise UserError(f"data.seed must be >= 0, got {self.seed}")
 
     def to_dict(self) -> dict[str, object]:
         """Plain dict, for writing the resolved config next to results."""

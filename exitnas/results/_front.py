@@ -125,7 +125,6 @@ def open_study(storage_url: str, study_name: str | None) -> optuna.Study:
         path = Path(storage_url.removeprefix("sqlite:///").removeprefix("journal://"))
         if not path.is_file():
             raise UserError(f"storage {storage_url}: {path} does not exist; run `exitnas search` first")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url, heartbeat=False)
     names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name is None:

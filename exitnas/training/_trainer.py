@@ -15,7 +15,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from exitnas._config import ExperimentConfig, TrainConfig
+from exitnas._config import EXIT_SETS, ExperimentConfig, TrainConfig
 from exitnas._errors import UserError
 from exitnas.data import GpuBatchLoader, ImageSplits, load_dataset
 from exitnas.search_space import ROUTINGS, ArchConfig, SearchSpace, Supernet, build_space
@@ -62,15 +62,6 @@ def space_for(cfg: ExperimentConfig, splits: ImageSplits) -> SearchSpace:
                        **cfg.space.options())
 
 
-#: ``train.exit_sets``: which exits each sampled subnet trains.
-EXIT_SETS = ("auto", "all", "sampled")
-
-
-def _check_exit_sets(exit_sets: str) -> None:
-    if exit_sets not in EXIT_SETS:
-        raise UserError(f"train.exit_sets {exit_sets!r} is not one of {', '.join(EXIT_SETS)}")
-
-
 def sandwich_archs(space: SearchSpace, k: int, seed: int, step: int, exit_sets: str = "auto") -> list[ArchConfig]:
     """Largest, smallest and ``k`` random subnets for ``step``, with their exits.
 
@@ -82,7 +73,8 @@ def sandwich_archs(space: SearchSpace, k: int, seed: int, step: int, exit_sets: 
     a chain of block-end exits that no searched arch has), else ``all``. Head types are
     drawn per exit. Seeded by (seed, step): every rank, and a resumed run, samples the same.
     """
-    _check_exit_sets(exit_sets)
+    if exit_sets not in EXIT_SETS:  # a TrainConfig checks its own; this guards a direct call
+        raise UserError(f"train.exit_sets {exit_sets!r} is not one of {', '.join(EXIT_SETS)}")
     rng = random.Random(seed * 1_000_003 + step)
     archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(k)]
     if exit_sets == "sampled" or (exit_sets == "auto" and space.combine != "none"):
@@ -131,13 +123,10 @@ def train_supernet(
 
 
 def _check_options(tc: TrainConfig) -> None:
+    # Its values are in range (a TrainConfig checks them when built), but a caller may have
+    # built the config without exitnas._check: resolve its names before anything is written.
     LOSSES.get(tc.loss)
     ROUTINGS.get(tc.routing)
-    if not 0 < tc.dfs_beta < 1:
-        raise UserError(f"train.dfs_beta must lie in (0, 1), got {tc.dfs_beta}")
-    _check_exit_sets(tc.exit_sets)
-    if tc.gate_cost < 0:
-        raise UserError(f"train.gate_cost must be >= 0, got {tc.gate_cost}")
 
 
 @dataclass

@@ -53,6 +53,9 @@ def main() -> None:
     p.add_argument("--hang-file", type=Path)
     a = p.parse_args()
     torch.set_num_threads(1)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # as the CLI's entry point does
 
     import exitnas._storage as storage
     from exitnas._config import load_config
