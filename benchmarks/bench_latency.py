@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _env import environment, environment_line, kendall_tau, write_section  # noqa: E402
+from _env import environment, environment_line, write_section  # noqa: E402
 
 from exitnas.data import normalize  # noqa: E402
 from exitnas.evaluators import build_exit_cache, exit_costs, fit_budgeted_thresholds  # noqa: E402
@@ -61,6 +61,7 @@ from exitnas.evaluators._graphs import GraphedEarlyExit  # noqa: E402
 from exitnas.evaluators._latency import profile_space  # noqa: E402
 from exitnas.evaluators._policy import ExitPolicy  # noqa: E402
 from exitnas.evaluators._runtime import fold_batchnorm  # noqa: E402
+from exitnas.results import kendall_tau  # noqa: E402
 from exitnas.results._model import EarlyExitModel, deploy_model  # noqa: E402
 from exitnas.search_space import SearchSpace, StaticNet, Supernet, build_space  # noqa: E402
 from exitnas.search_space._ops import MultiScaleConv2d  # noqa: E402

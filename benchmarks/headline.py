@@ -96,7 +96,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _env import RESULTS, environment, kendall_tau, write_section
+from _env import RESULTS, environment, write_section
 from _headline_report import (
     NSGA2_STUDY,
     RANDOM_STUDY,
@@ -111,6 +111,7 @@ from torch import nn
 from exitnas._config import ExperimentConfig, load_config
 from exitnas._errors import UserError
 from exitnas._io import atomic_write, atomic_write_bytes
+from exitnas.results import kendall_tau
 
 INCOMPLETE = 3  # exit status: stopped at a checkpoint, run the same command again
 
@@ -609,7 +610,7 @@ def step_baselines(run: Run) -> bool:
 # -- retrain and Kendall τ ----------------------------------------------------------------------------
 def _static_speed(run: Run, arch_json: Path, splits: Any) -> float:
     """Steps per second of training the exported arch as ``exitnas retrain`` does (fresh weights)."""
-    from exitnas.search_space import ArchConfig, SearchSpace, Supernet
+    from exitnas.results import untrained_net
     from exitnas.training import LOSSES
 
     meta = json.loads(arch_json.read_text())
@@ -617,7 +618,7 @@ def _static_speed(run: Run, arch_json: Path, splits: Any) -> float:
     loss_fn = LOSSES.get(tc.loss)
 
     def build() -> tuple[nn.Module, Callable[..., torch.Tensor], bool]:
-        net = Supernet(SearchSpace.from_dict(meta["space"])).to_static(ArchConfig.from_dict(meta["arch"]))
+        net = untrained_net(meta)
         return net.to(run.device).train(), lambda z, y: loss_fn(z, y, None, 0.0, tc.label_smoothing), False
 
     return _steps_per_s(build, run, splits)
@@ -625,23 +626,16 @@ def _static_speed(run: Run, arch_json: Path, splits: Any) -> float:
 
 def _export_curves(run: Run, arch_json: Path, splits: Any) -> dict[str, Any]:
     """Budgeted batch, anytime and oracle on test of an exported (retrained) model."""
-    from exitnas.evaluators import anytime, budgeted_batch, build_exit_cache, oracle
-    from exitnas.results import load_export
-
-    model, meta = load_export(arch_json)
-    net = model.net.to(run.device).eval()
-    caches = {s: build_exit_cache(net, net_arch(meta), getattr(splits, f"{s}_x"), getattr(splits, f"{s}_y"),
-                                  splits.mean, splits.std, meta["costs"]["macs"], meta.get("confidence", "maxprob"),
-                                  device=run.device) for s in ("val", "test")}
-    return {"budgeted_batch_test": [point_json(p) for p in budgeted_batch(caches["val"], caches["test"])],
-            "anytime_test": [point_json(p) for p in anytime(caches["test"])],
-            "oracle_test": point_json(oracle(caches["test"]))}
-
-
-def net_arch(meta: dict[str, Any]) -> Any:
+    from exitnas.results import evaluate_export, load_export
     from exitnas.search_space import ArchConfig
 
-    return ArchConfig.from_dict(meta["arch"])
+    model, meta = load_export(arch_json)
+    ev = evaluate_export(model.net.to(run.device).eval(), ArchConfig.from_dict(meta["arch"]), splits,
+                         meta["costs"]["macs"], thresholds=meta["thresholds"],
+                         kind=meta.get("confidence", "maxprob"), device=run.device)
+    c = ev.curves("test", fit_on="val")
+    return {"budgeted_batch_test": [point_json(p) for p in c.budgeted_batch],
+            "anytime_test": [point_json(p) for p in c.anytime], "oracle_test": point_json(c.oracle)}
 
 
 def _retrain(run: Run, arch_json: Path, out: Path, epochs: float) -> dict[str, Any]:

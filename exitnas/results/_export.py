@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from exitnas._errors import UserError
 from exitnas._io import atomic_write
+from exitnas.results._export_eval import split_metrics
 from exitnas.results._model import (
     EXPORT_FORMAT,
     EarlyExitModel,
@@ -72,7 +73,7 @@ def export_trial(storage: str, study_name: str, number: int | None, out: str | P
     """Export one trial: recalibrated inherited weights, its thresholds and provenance."""
     from exitnas._config import ExperimentConfig
     from exitnas.data import load_dataset
-    from exitnas.evaluators import Evaluator, ExitPolicy
+    from exitnas.evaluators import Evaluator
     from exitnas.training import load_supernet, space_for
 
     study, trial = load_trial(storage, study_name, number)
@@ -92,13 +93,7 @@ def export_trial(storage: str, study_name: str, number: int | None, out: str | P
     ev = Evaluator(supernet, splits, recal_images=cfg.search.recal_images, kind=cfg.search.confidence,
                    seed=cfg.search.seed)
     net = ev.subnet(arch)
-    caches = ev.caches(arch, ("val", "test"))
-    metrics: dict[str, Any] = {}
-    for split, cache in caches.items():
-        r = ExitPolicy(cache).evaluate(thresholds)
-        metrics[split] = {"accuracy": float(r.accuracy[0]), "expected_mmacs": float(r.expected_macs[0]) / 1e6,
-                          "exit_histogram": r.histogram[0].tolist(),
-                          "exit_accuracy": [float(a) for a in cache.exit_accuracy()]}
+    metrics = {split: split_metrics(cache, thresholds) for split, cache in ev.caches(arch, ("val", "test")).items()}
     costs = ev.costs(arch)
 
     meta = {
