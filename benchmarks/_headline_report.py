@@ -88,13 +88,12 @@ def _curve(points: Any) -> list[dict[str, Any]]:
     return [point_json(p) for p in points]
 
 
-def _hull(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The non-dominated points (accuracy up, MMACs down), cheapest first."""
-    out: list[dict[str, Any]] = []
-    for p in sorted(points, key=lambda p: (p["mmacs"], -p["accuracy"])):
-        if not out or p["accuracy"] > out[-1]["accuracy"]:
-            out.append(p)
-    return out
+def _front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The non-dominated points (accuracy up, MMACs down; equal points all stay), cheapest first."""
+    from exitnas.results import pareto_mask
+
+    keep = pareto_mask(np.array([p["accuracy"] for p in points]), np.array([p["mmacs"] for p in points]))
+    return sorted((p for p, k in zip(points, keep) if k), key=lambda p: (p["mmacs"], -p["accuracy"]))
 
 
 def _hv(points: list[tuple[float, float]], ref_mmacs: float) -> float:
@@ -183,7 +182,7 @@ def collect(run: Any) -> dict[str, Any]:
                           "budgeted_batch_test": _curve(curves_r.budgeted_batch)},
         "stage_exits": hand["stage_exits"],
         "oracle_points_test": oracle_pts,
-        "oracle_curve_test": _hull(oracle_pts),
+        "oracle_curve_test": _front(oracle_pts),
         "hypervolume": hv,
         "val_gap": report.val_gap,
         "resnet18": resnet if resnet and resnet["status"] == "done" else None,

@@ -26,16 +26,9 @@ On a GPU (``--device cuda``) the same figures are measured there, and each arch 
 subnet) also runs through CUDA graphs per segment (``GraphedEarlyExit``), checked to send every
 image out at the exported model's exit; the issue's GPU target (≥ 0.6) is read on that runtime.
 If the graphs fail, the other figures are still written, with the error. The section goes under
-its own heading. On the device machine (``../shared/tools/device-pack --data`` here first, then
-``run`` with ``carry: [".device"]``; about 5 minutes on the GPU is expected, not yet measured)::
-
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/wheels/*.whl \
-      && export PYTHONPATH=/tmp/site:$PWD \
-      && python3 benchmarks/bench_latency.py --device cuda --data .device/data/cifar10-jpeg.tar.xz \
-      ; cp benchmarks/RESULTS.md $OUT/
-
-then copy its GPU section into ``benchmarks/RESULTS.md`` here (the copy has no ``.git``: add the
-commit by hand).
+its own heading. How to run it on the GPU machine (``device-pack``, carrying ``.device``, the
+command, copying the section back; about 5 minutes on the GPU is expected, not yet measured):
+``benchmarks/README.md``.
 """
 
 from __future__ import annotations
