@@ -13,6 +13,7 @@ from exitnas.evaluators._protocols import (
     anytime,
     budgeted_batch,
     fit_budgeted_thresholds,
+    fit_to_budget,
     oracle,
     target_shares,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "count_macs",
     "exit_costs",
     "fit_budgeted_thresholds",
+    "fit_to_budget",
     "oracle",
     "recalibrate_bn",
     "recalibrated_subnet",
