@@ -20,13 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from _env import RESULTS, environment
-from _headline_report import NSGA2_STUDY, SECTION, STEPS, load_json, save_json
 
 from exitnas._config import ExperimentConfig, load_config
 from exitnas._errors import UserError
 from exitnas._io import atomic_write_bytes
+
+SECTION = "## headline: CIFAR-10, searched exits against hand-placed exits"
+NSGA2_STUDY, RANDOM_STUDY = "headline-nsga2", "headline-random"
+STEPS = ("train", "resnet18", "search", "baselines", "retrain", "kendall", "evaluate")
 
 INCOMPLETE = 3  # exit status: stopped at a checkpoint, run the same command again
 
@@ -34,6 +38,31 @@ INCOMPLETE = 3  # exit status: stopped at a checkpoint, run the same command aga
 SMOKE_SPACE = ["space.channels=[8,16,32]", "space.depths=[1,2]", "space.widths=[0.5,1.0]",
                "space.ratios=[0.0,0.5,1.0]", "train.batch_size=64", "search.recal_images=200"]
 SMOKE_IMAGES = {"train": 40, "test": 10}  # per class, copied out of the tar
+
+
+# -- JSON files of a run ------------------------------------------------------------------------------------
+def save_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, default=_json_default) + "\n").encode())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def load_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def point_json(p: Any) -> dict[str, Any]:
+    """A :class:`~exitnas.evaluators.CurvePoint` as JSON, costs in MMACs."""
+    return {"mmacs": p.macs / 1e6, "accuracy": p.accuracy, "param": p.param,
+            "thresholds": list(p.thresholds), "histogram": list(p.histogram)}
 
 
 # -- settings ------------------------------------------------------------------------------------

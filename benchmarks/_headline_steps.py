@@ -17,8 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 from _env import RESULTS, write_section
-from _headline_harness import Run, StepFunction, StepLog
-from _headline_report import NSGA2_STUDY, RANDOM_STUDY, SECTION, load_json, point_json
+from _headline_harness import (
+    NSGA2_STUDY,
+    RANDOM_STUDY,
+    SECTION,
+    Run,
+    StepFunction,
+    StepLog,
+    load_json,
+    point_json,
+)
 from _resnet18 import step_resnet18, steps_per_s
 from torch import nn
 
