@@ -18,13 +18,13 @@ from exitnas.data import ImageSplits
 from exitnas.evaluators import exit_costs
 from exitnas.evaluators._evaluator import TRAIN_CACHE_IMAGES, fit_subnet_ensemble
 from exitnas.results._export import ExportResult, write_export
-from exitnas.results._export_eval import ExportEvaluation, evaluate_export, refit_thresholds
+from exitnas.results._export_eval import ExportEvaluation, evaluate_export
 from exitnas.results._model import load_export
 from exitnas.search_space import ArchConfig, SearchSpace, StaticNet, Supernet
 from exitnas.search_space._gate import GateUse
 from exitnas.search_space._routing import routed_forward
 
-__all__ = ["RetrainResult", "retrain_export", "refit_thresholds", "untrained_net"]
+__all__ = ["RetrainResult", "retrain_export", "untrained_net"]
 
 
 @dataclass(frozen=True)
