@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import os
 import platform
 import subprocess
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -83,22 +81,3 @@ def write_section(heading: str, text: str, path: Path = RESULTS) -> None:
         f.write(new.rstrip("\n") + "\n")
     os.replace(tmp, path)
 
-
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's τ-b (ties in either ranking handled); nan when undefined."""
-    conc = disc = ties_a = ties_b = 0
-    for i in range(len(a)):
-        for j in range(i + 1, len(a)):
-            da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif da == db:
-                conc += 1
-            else:
-                disc += 1
-    denom = math.sqrt((conc + disc + ties_a) * (conc + disc + ties_b))
-    return (conc - disc) / denom if denom else float("nan")

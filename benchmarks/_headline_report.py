@@ -11,17 +11,14 @@ import html
 import json
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from _env import environment_line, write_section
+from _headline_harness import NSGA2_STUDY, RANDOM_STUDY, SECTION, STEPS, load_json, point_json, save_json
 
 from exitnas._io import atomic_write_bytes
 
-SECTION = "## headline: CIFAR-10, searched exits against hand-placed exits"
-NSGA2_STUDY, RANDOM_STUDY = "headline-nsga2", "headline-random"
-STEPS = ("train", "resnet18", "search", "baselines", "retrain", "kendall", "evaluate")
 #: The issue's reference: ResNet-18 on an H100, same data, 172 epochs in about 5.5 minutes.
 RESNET18_REFERENCE = {"test_accuracy": 0.914, "epochs": 172, "minutes": 5.5, "mmacs": 555.0, "device": "H100"}
 #: Targets: accuracy drop and MAC share against the largest subnet; MMACs at ResNet-18's accuracy.
@@ -29,31 +26,6 @@ TARGET_DROP, TARGET_SHARE, TARGET_RESNET_MMACS = 0.005, 0.35, 30.0
 
 #: Budgets (shares of the largest subnet's MACs) at which the curves are compared in the table.
 SHARES = (0.05, 0.1, 0.2, 0.35, 0.5, 1.0)
-
-
-# -- shared with headline.py ------------------------------------------------------------------------------
-def save_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, default=_json_default) + "\n").encode())
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
-
-
-def load_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def point_json(p: Any) -> dict[str, Any]:
-    """A :class:`~exitnas.evaluators.CurvePoint` as JSON, costs in MMACs."""
-    return {"mmacs": p.macs / 1e6, "accuracy": p.accuracy, "param": p.param,
-            "thresholds": list(p.thresholds), "histogram": list(p.histogram)}
 
 
 # -- the step ----------------------------------------------------------------------------------------------
@@ -88,13 +60,12 @@ def _curve(points: Any) -> list[dict[str, Any]]:
     return [point_json(p) for p in points]
 
 
-def _hull(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The non-dominated points (accuracy up, MMACs down), cheapest first."""
-    out: list[dict[str, Any]] = []
-    for p in sorted(points, key=lambda p: (p["mmacs"], -p["accuracy"])):
-        if not out or p["accuracy"] > out[-1]["accuracy"]:
-            out.append(p)
-    return out
+def _front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The non-dominated points (accuracy up, MMACs down; equal points all stay), cheapest first."""
+    from exitnas.results import pareto_mask
+
+    keep = pareto_mask(np.array([p["accuracy"] for p in points]), np.array([p["mmacs"] for p in points]))
+    return sorted((p for p, k in zip(points, keep) if k), key=lambda p: (p["mmacs"], -p["accuracy"]))
 
 
 def _hv(points: list[tuple[float, float]], ref_mmacs: float) -> float:
@@ -152,8 +123,8 @@ def collect(run: Any) -> dict[str, Any]:
             "oracle (front archs)": _hv([(p["accuracy"], p["mmacs"]) for p in oracle_pts], ref),
         },
         "val": {
-            "searched front (nsga2)": _hv([(t.accuracy, t.mmacs) for t in front.pareto_trials], ref),
-            "random search front": _hv([(t.accuracy, t.mmacs) for t in front_r.pareto_trials], ref),
+            "searched front (nsga2)": _hv([(t.accuracy, t.cost) for t in front.pareto_trials], ref),
+            "random search front": _hv([(t.accuracy, t.cost) for t in front_r.pareto_trials], ref),
             "stage-end exits, budgeted batch": _hv([(p["accuracy"], p["mmacs"])
                                                     for p in hand["stage_exits"]["budgeted_batch_val"]], ref),
             "largest subnet": _hv([(static["val_accuracy"], static["mmacs"])], ref),
@@ -183,7 +154,7 @@ def collect(run: Any) -> dict[str, Any]:
                           "budgeted_batch_test": _curve(curves_r.budgeted_batch)},
         "stage_exits": hand["stage_exits"],
         "oracle_points_test": oracle_pts,
-        "oracle_curve_test": _hull(oracle_pts),
+        "oracle_curve_test": _front(oracle_pts),
         "hypervolume": hv,
         "val_gap": report.val_gap,
         "resnet18": resnet if resnet and resnet["status"] == "done" else None,

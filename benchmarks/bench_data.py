@@ -2,6 +2,7 @@
 
 Run from the repository root: ``python benchmarks/bench_data.py [--device cuda]``.
 The cold load decodes into a temporary cache, so it never disturbs ``.cache/exitnas``.
+It prints its figures (no RESULTS.md section); on the GPU machine see ``benchmarks/README.md``.
 """
 
 from __future__ import annotations

@@ -26,16 +26,9 @@ On a GPU (``--device cuda``) the same figures are measured there, and each arch 
 subnet) also runs through CUDA graphs per segment (``GraphedEarlyExit``), checked to send every
 image out at the exported model's exit; the issue's GPU target (≥ 0.6) is read on that runtime.
 If the graphs fail, the other figures are still written, with the error. The section goes under
-its own heading. On the device machine (``../shared/tools/device-pack --data`` here first, then
-``run`` with ``carry: [".device"]``; about 5 minutes on the GPU is expected, not yet measured)::
-
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/wheels/*.whl \
-      && export PYTHONPATH=/tmp/site:$PWD \
-      && python3 benchmarks/bench_latency.py --device cuda --data .device/data/cifar10-jpeg.tar.xz \
-      ; cp benchmarks/RESULTS.md $OUT/
-
-then copy its GPU section into ``benchmarks/RESULTS.md`` here (the copy has no ``.git``: add the
-commit by hand).
+its own heading. How to run it on the GPU machine (``device-pack``, carrying ``.device``, the
+command, copying the section back; about 5 minutes on the GPU is expected, not yet measured):
+``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -53,12 +46,13 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _env import environment, environment_line, kendall_tau, write_section  # noqa: E402
+from _env import environment, environment_line, write_section  # noqa: E402
 
 from exitnas.data import normalize  # noqa: E402
 from exitnas.evaluators import build_exit_cache, exit_costs, fit_budgeted_thresholds  # noqa: E402
 from exitnas.evaluators._latency import profile_space  # noqa: E402
 from exitnas.evaluators._policy import ExitPolicy  # noqa: E402
+from exitnas.results import kendall_tau  # noqa: E402
 from exitnas.runtime import EarlyExitModel, GraphedEarlyExit, deploy_model, fold_batchnorm  # noqa: E402
 from exitnas.search_space import MultiScaleConv2d, SearchSpace, StaticNet, Supernet, build_space  # noqa: E402
 

@@ -41,7 +41,7 @@ from exitnas.evaluators import (  # noqa: E402
     ExitPolicy,
     bof_thresholds,
     fit_bof_beta,
-    fit_budgeted_thresholds,
+    fit_to_budget,
 )
 from exitnas.results._evaluate import stage_exit_arch  # noqa: E402
 from exitnas.search_space import ArchConfig  # noqa: E402
@@ -104,15 +104,12 @@ def recipe(epochs: float, device: str, out: Path) -> list[str]:
 
 def budgeted(val: ExitCache, test: ExitCache, budget: float) -> dict[str, float] | None:
     """The most accurate budgeted-batch setting on val whose val MACs fit ``budget``, scored on test."""
-    thr = np.stack([fit_budgeted_thresholds(val, p) for p in P_GRID])
-    v = ExitPolicy(val).evaluate(thr)
-    fits = np.flatnonzero(v.expected_macs <= budget)
-    if not len(fits):
+    fit = fit_to_budget(val, budget, P_GRID)
+    if fit is None:
         return None
-    best = fits[np.argmax(v.accuracy[fits])]
-    t = ExitPolicy(test).evaluate(thr[best])
+    t = ExitPolicy(test).evaluate(fit.thresholds)
     return {"test_acc": float(t.accuracy[0]), "test_mmacs": float(t.expected_macs[0]) / 1e6,
-            "val_mmacs": float(v.expected_macs[best]) / 1e6}
+            "val_mmacs": fit.macs / 1e6}
 
 
 def bof_budgeted(train: ExitCache, val: ExitCache, test: ExitCache, budget: float) -> dict[str, float] | None:

@@ -44,7 +44,7 @@ from exitnas._config import ExperimentConfig, load_config  # noqa: E402
 from exitnas._samplers import make_sampler  # noqa: E402
 from exitnas._storage import open_storage  # noqa: E402
 from exitnas.experiment import Experiment  # noqa: E402
-from exitnas.results import hypervolume_2d  # noqa: E402
+from exitnas.results import hypervolume_2d, pareto_mask  # noqa: E402
 from exitnas.search import DIRECTIONS, ArchObjective, create_or_load_study  # noqa: E402
 from exitnas.training import load_checkpoint, train_supernet  # noqa: E402
 
@@ -138,7 +138,9 @@ def hypervolumes(exp: Experiment, trials: int, seeds: int) -> tuple[dict[str, li
         for seed in range(seeds):
             study = optuna.create_study(directions=DIRECTIONS, sampler=make_sampler(name, seed))
             study.optimize(objective, n_trials=trials, gc_after_trial=False)
-            pts = np.array([(1.0 - t.values[0], t.values[1] / ref_mmacs) for t in study.best_trials])
+            vals = np.array([t.values for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))])
+            vals = vals[pareto_mask(vals[:, 0], vals[:, 1])]
+            pts = np.column_stack([1.0 - vals[:, 0], vals[:, 1] / ref_mmacs])
             hv = hypervolume_2d(pts, ref)
             _check_against_optuna(pts, ref, hv)
             out[name].append(hv)

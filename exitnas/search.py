@@ -14,11 +14,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 
 from exitnas._config import ExperimentConfig
 from exitnas._errors import UserError
 from exitnas._objective import ArchObjective
+from exitnas._pareto import pareto_mask
 from exitnas._storage import storage_kind
 from exitnas._study import DIRECTIONS, METRIC_NAMES, completed, create_or_load_study, metric_names
 from exitnas._trial_codec import decode_trial, suggest_arch
@@ -58,15 +60,23 @@ class ParetoPoint:
 
 
 def pareto_front(study: optuna.Study) -> list[ParetoPoint]:
-    """The non-dominated feasible trials, read from the database, cheapest first."""
+    """The non-dominated feasible trials, read from the database, cheapest first (the report's
+    front: :func:`~exitnas._pareto.pareto_mask` over the complete trials, feasible ones only
+    when the study has constraints)."""
     names = study.metric_names or METRIC_NAMES
     unit = next((u.unit for u in COST_UNITS.values() if u.metric == names[1]), "MMACs")
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if any(t.constraints for t in complete):
+        complete = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
+    if not complete:
+        return []
+    mask = pareto_mask(np.array([t.values[0] for t in complete]), np.array([t.values[1] for t in complete]))
     points = [
         ParetoPoint(t.number, t.values[0], t.values[1], unit, len(t.user_attrs.get("arch", {}).get("exits", [])),
                     t.user_attrs.get("arch", {}), t.user_attrs.get("thresholds", []))
-        for t in study.best_trials
+        for t, keep in zip(complete, mask) if keep
     ]
-    return sorted(points, key=lambda p: (p.cost, -p.accuracy))
+    return sorted(points, key=lambda p: (p.cost, -p.accuracy, p.trial))
 
 
 def run_search(cfg: ExperimentConfig, *, exp: Experiment | None = None,

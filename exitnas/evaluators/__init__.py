@@ -13,6 +13,7 @@ from exitnas.evaluators._protocols import (
     anytime,
     budgeted_batch,
     fit_budgeted_thresholds,
+    fit_to_budget,
     oracle,
     target_shares,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "count_macs",
     "exit_costs",
     "fit_budgeted_thresholds",
+    "fit_to_budget",
     "oracle",
     "profile_space",
     "read_thresholds",

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from exitnas.evaluators._cache import ExitCache
-from exitnas.evaluators._policy import ExitPolicy
+from exitnas.evaluators._policy import ExitPolicy, PolicyResult
 
-__all__ = ["DEFAULT_P_SWEEP", "CurvePoint", "anytime", "budgeted_batch", "fit_budgeted_thresholds", "oracle",
-           "target_shares"]
+__all__ = ["DEFAULT_P_SWEEP", "CurvePoint", "anytime", "budgeted_batch", "fit_budgeted_thresholds", "fit_to_budget",
+           "oracle", "target_shares"]
 
 #: Huang et al. sweep p over (0, 2]; p < 1 sends more samples to early exits.
 DEFAULT_P_SWEEP: tuple[float, ...] = tuple(np.round(np.linspace(0.05, 2.0, 40), 4))
@@ -71,11 +71,28 @@ def budgeted_batch(val: ExitCache, test: ExitCache, p_sweep: tuple[float, ...] =
         raise ValueError("val and test caches are of different archs")
     thresholds = np.stack([fit_budgeted_thresholds(val, p) for p in p_sweep])
     res = ExitPolicy(test).evaluate(thresholds)
-    return [
-        CurvePoint(float(res.expected_macs[i]), float(res.accuracy[i]), float(p),
-                   tuple(float(v) for v in thresholds[i]), tuple(int(v) for v in res.histogram[i]))
-        for i, p in enumerate(p_sweep)
-    ]
+    return [_point(res, i, p, thresholds[i]) for i, p in enumerate(p_sweep)]
+
+
+def fit_to_budget(val: ExitCache, budget: float, p_sweep: tuple[float, ...] = DEFAULT_P_SWEEP) -> CurvePoint | None:
+    """Budgeted batch at one budget: of the sweep's budgeted-batch fits on ``val``, the most
+    accurate whose expected cost on ``val`` is at most ``budget`` (the first of the sweep on a tie).
+
+    Returns:
+        That fit's point on ``val`` (its p, thresholds and histogram), or None when no p fits.
+    """
+    thresholds = np.stack([fit_budgeted_thresholds(val, p) for p in p_sweep])
+    res = ExitPolicy(val).evaluate(thresholds)
+    fits = np.flatnonzero(res.expected_macs <= budget)
+    if not len(fits):
+        return None
+    i = int(fits[np.argmax(res.accuracy[fits])])
+    return _point(res, i, p_sweep[i], thresholds[i])
+
+
+def _point(res: PolicyResult, i: int, p: float, thresholds: np.ndarray) -> CurvePoint:
+    return CurvePoint(float(res.expected_macs[i]), float(res.accuracy[i]), float(p),
+                      tuple(float(v) for v in thresholds), tuple(int(v) for v in res.histogram[i]))
 
 
 def oracle(cache: ExitCache) -> CurvePoint:

@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 
 from exitnas._errors import UserError
 from exitnas._io import atomic_write
-from exitnas.evaluators import ExitPolicy
 from exitnas.experiment import Experiment
+from exitnas.results._export_eval import split_metrics
 from exitnas.runtime import EXPORT_FORMAT, AllExits, EarlyExitModel, deploy_model, sha256_file
 from exitnas.search_space import ArchConfig, Candidate, StaticNet
 
@@ -98,16 +98,7 @@ def export_metrics(exp: Experiment, cand: Candidate, exit_ms: list[float] | None
     """Accuracy, expected MMACs (and ms, after a latency search), exit histogram and per-exit
     accuracy of the candidate on val and test."""
     caches = exp.evaluator.caches(cand.arch, ("val", "test"))
-    metrics: dict[str, Any] = {}
-    for split, cache in caches.items():
-        r = ExitPolicy(cache).evaluate(list(cand.thresholds))
-        metrics[split] = {"accuracy": float(r.accuracy[0]), "expected_mmacs": float(r.expected_macs[0]) / 1e6,
-                          "exit_histogram": r.histogram[0].tolist(),
-                          "exit_accuracy": [float(a) for a in cache.exit_accuracy()]}
-        if exit_ms is not None:
-            metrics[split]["expected_ms"] = float(ExitPolicy(cache, exit_ms).evaluate(list(cand.thresholds))
-                                                  .expected_macs[0])
-    return metrics
+    return {split: split_metrics(cache, cand.thresholds, exit_ms) for split, cache in caches.items()}
 
 
 def write_export(out: str | Path, net: StaticNet, meta: dict[str, Any], mean: list[float], std: list[float],

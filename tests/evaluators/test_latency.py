@@ -143,7 +143,7 @@ def test_search_with_latency_objective(tmp_path: Path) -> None:
 
 def _report_and_export_in_ms(url: str, tmp_path: Path, study: Any) -> None:
     """After a latency search every later step speaks ms: front, table, figure, export."""
-    from exitnas.results import build_report, export_trial, load_export
+    from exitnas.results import build_report, export_trial, load_export, retrain_export
 
     r = build_report(url, "lat", out_dir=tmp_path / "report", upload=False)
     assert r.front.cost_unit == "ms"
@@ -162,3 +162,12 @@ def _report_and_export_in_ms(url: str, tmp_path: Path, study: Any) -> None:
     assert meta["exit_ms"] == t.user_attrs["exit_ms"]
     assert meta["metrics"]["val"]["expected_ms"] == pytest.approx(t.values[1], rel=1e-12)
     assert meta["provenance"]["values"] == {"val_accuracy": t.values[0], "expected_ms": t.values[1]}
+    # Retraining refits its thresholds to the export's budget in ms, not in MMACs.
+    r2 = retrain_export(e.arch_json, tmp_path / "retrained", epochs=0.3, progress=False)
+    _, meta2 = load_export(r2.export.directory)
+    budget = meta["metrics"]["val"]["expected_ms"]
+    assert meta2["provenance"]["retrain"]["ms_budget"] == budget
+    assert "mmacs_budget" not in meta2["provenance"]["retrain"]
+    assert meta2["metrics"]["val"]["expected_ms"] <= budget * (1 + 1e-9)
+    assert meta2["measured"]["unit"] == "ms"
+    assert meta2["measured"]["cost"] == meta2["metrics"]["val"]["expected_ms"]

@@ -14,6 +14,7 @@ from exitnas.evaluators import (
     anytime,
     budgeted_batch,
     fit_budgeted_thresholds,
+    fit_to_budget,
     oracle,
     target_shares,
 )
@@ -106,6 +107,20 @@ def test_budgeted_batch_sweep_matches_policy(random_cache: Any) -> None:
     assert [p.accuracy for p in pts] == pytest.approx(res.accuracy.tolist())
     assert [p.macs for p in pts] == pytest.approx(res.expected_macs.tolist())
     assert [list(p.histogram) for p in pts] == res.histogram.tolist()
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.6, 1.0])
+def test_fit_to_budget_is_the_most_accurate_fit_within_the_budget(random_cache: Any, share: float) -> None:
+    val = random_cache(np.random.default_rng(5), 4, 400)
+    pts = budgeted_batch(val, val)  # every fit of the sweep, measured on val itself
+    lo, hi = min(p.macs for p in pts), max(p.macs for p in pts)
+    budget = lo + share * (hi - lo)
+    fit = fit_to_budget(val, budget)
+    assert fit is not None and fit.macs <= budget
+    within = [p for p in pts if p.macs <= budget]
+    assert fit.accuracy == max(p.accuracy for p in within)
+    assert fit == next(p for p in within if p.accuracy == fit.accuracy)  # the first of the sweep on a tie
+    assert fit_to_budget(val, lo * (1 - 1e-6)) is None  # below every fit's cost
 
 
 @pytest.mark.parametrize("k", [2, 3, 5])
