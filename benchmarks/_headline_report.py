@@ -51,8 +51,8 @@ def evaluate(run: Any) -> None:
 
 # -- numbers ---------------------------------------------------------------------------------------------
 def _point(p: Any) -> dict[str, Any]:
-    return {"trial": p.trial, "val_accuracy": p.val_accuracy, "val_mmacs": p.val_mmacs,
-            "test_accuracy": p.test_accuracy, "test_mmacs": p.test_mmacs, "exits": p.arch.num_exits,
+    return {"trial": p.trial, "val_accuracy": p.val_accuracy, "val_mmacs": p.val_cost,
+            "test_accuracy": p.test_accuracy, "test_mmacs": p.test_cost, "exits": p.arch.num_exits,
             "test_histogram": list(p.test_histogram), "on_front": p.on_front}
 
 
