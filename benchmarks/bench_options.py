@@ -108,7 +108,7 @@ def budgeted(val: ExitCache, test: ExitCache, budget: float) -> dict[str, float]
     if fit is None:
         return None
     t = ExitPolicy(test).evaluate(fit.thresholds)
-    return {"test_acc": float(t.accuracy[0]), "test_mmacs": float(t.expected_macs[0]) / 1e6,
+    return {"test_acc": float(t.accuracy[0]), "test_mmacs": float(t.expected_cost[0]) / 1e6,
             "val_mmacs": fit.macs / 1e6}
 
 
@@ -116,11 +116,11 @@ def bof_budgeted(train: ExitCache, val: ExitCache, test: ExitCache, budget: floa
     beta = fit_bof_beta(train, val, budget)
     thr = bof_thresholds(train, beta)
     v = ExitPolicy(val).evaluate(thr)
-    if v.expected_macs[0] > budget:
+    if v.expected_cost[0] > budget:
         return None
     t = ExitPolicy(test).evaluate(thr)
-    return {"test_acc": float(t.accuracy[0]), "test_mmacs": float(t.expected_macs[0]) / 1e6,
-            "val_mmacs": float(v.expected_macs[0]) / 1e6, "beta": beta}
+    return {"test_acc": float(t.accuracy[0]), "test_mmacs": float(t.expected_cost[0]) / 1e6,
+            "val_mmacs": float(v.expected_cost[0]) / 1e6, "beta": beta}
 
 
 def run_option(name: str, base: list[str], out: Path, splits: Any) -> tuple[ExperimentConfig, float]:

@@ -58,11 +58,11 @@ class ArchObjective:
             trial.set_user_attr("train_confidence", caches["train"].confidence.mean(axis=1).round(6).tolist())
         cache = self.evaluator.cache(arch, "val")
         res = ExitPolicy(cache).evaluate(thresholds)
-        acc, mmacs = float(res.accuracy[0]), float(res.expected_macs[0]) / 1e6
+        acc, mmacs = float(res.accuracy[0]), float(res.expected_cost[0]) / 1e6
         cost = mmacs
         if self.latency is not None:
             exit_ms = self.latency.exit_latency(self.space, arch)
-            cost = float(ExitPolicy(cache, exit_ms).evaluate(thresholds).expected_macs[0])
+            cost = float(ExitPolicy(cache, exit_ms).evaluate(thresholds).expected_cost[0])
             trial.set_user_attr("exit_ms", exit_ms)
             trial.set_user_attr("expected_MMACs", mmacs)
         candidate = Candidate(arch, tuple(float(t) for t in thresholds), self.evaluator.kind, self.exit_rule,

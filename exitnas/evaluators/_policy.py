@@ -24,13 +24,13 @@ class PolicyResult:
 
     Attributes:
         accuracy: T, fraction of samples right at the exit they left at.
-        expected_macs: T, mean cost per sample (Σ_k P(exit k)·cost_k; MACs unless the policy
-            was given other costs, such as latencies).
+        expected_cost: T, mean cost per sample (Σ_k P(exit k)·cost_k), in the unit of the
+            policy's costs: MACs by default, ms when the policy was given latencies.
         histogram: T×K, number of samples leaving at each exit.
     """
 
     accuracy: np.ndarray
-    expected_macs: np.ndarray
+    expected_cost: np.ndarray
     histogram: np.ndarray
 
 

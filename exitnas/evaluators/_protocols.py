@@ -83,7 +83,7 @@ def fit_to_budget(val: ExitCache, budget: float, p_sweep: tuple[float, ...] = DE
     """
     thresholds = np.stack([fit_budgeted_thresholds(val, p) for p in p_sweep])
     res = ExitPolicy(val).evaluate(thresholds)
-    fits = np.flatnonzero(res.expected_macs <= budget)
+    fits = np.flatnonzero(res.expected_cost <= budget)
     if not len(fits):
         return None
     i = int(fits[np.argmax(res.accuracy[fits])])
@@ -91,7 +91,7 @@ def fit_to_budget(val: ExitCache, budget: float, p_sweep: tuple[float, ...] = DE
 
 
 def _point(res: PolicyResult, i: int, p: float, thresholds: np.ndarray) -> CurvePoint:
-    return CurvePoint(float(res.expected_macs[i]), float(res.accuracy[i]), float(p),
+    return CurvePoint(float(res.expected_cost[i]), float(res.accuracy[i]), float(p),
                       tuple(float(v) for v in thresholds), tuple(int(v) for v in res.histogram[i]))
 
 

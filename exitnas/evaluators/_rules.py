@@ -46,5 +46,5 @@ def fit_bof_beta(train_cache: ExitCache, val_cache: ExitCache, budget_macs: floa
     betas = np.arange(0.5, 2.0001, 0.005) if betas is None else np.asarray(betas, dtype=np.float64)
     thr = bof_thresholds(train_cache, betas[:, None])  # B × (exits − 1)
     res = ExitPolicy(val_cache).evaluate(thr)
-    fits = np.flatnonzero(res.expected_macs <= budget_macs)
+    fits = np.flatnonzero(res.expected_cost <= budget_macs)
     return float(betas[fits[-1]]) if len(fits) else float(betas[0])

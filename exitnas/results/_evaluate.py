@@ -167,7 +167,7 @@ def get_test_info(front: FrontInfo, evaluator: Evaluator, trials: list[int]) -> 
         test = ExitPolicy(caches["test"], _exit_ms(rec)).evaluate(thr)
         scale = 1.0 if "exit_ms" in rec.user_attrs else 1e-6
         out.append(TestPoint(n, arch, tuple(float(v) for v in thr), rec.accuracy, rec.cost,
-                             float(val.accuracy[0]), float(test.accuracy[0]), float(test.expected_macs[0]) * scale,
+                             float(val.accuracy[0]), float(test.accuracy[0]), float(test.expected_cost[0]) * scale,
                              tuple(int(v) for v in test.histogram[0]),
                              tuple(float(m) / 1e6 for m in caches["test"].exit_macs()), n in front.pareto))
     return out
@@ -219,7 +219,7 @@ def get_curves_info(front: FrontInfo, evaluator: Evaluator, trial: int) -> Curve
     arch, thr = cand.arch, np.asarray(cand.thresholds, dtype=np.float64)
     c = evaluator.caches(arch, ("val", "test"))
     res = ExitPolicy(c["test"]).evaluate(thr)
-    searched = CurvePoint(float(res.expected_macs[0]), float(res.accuracy[0]), None, tuple(float(v) for v in thr),
+    searched = CurvePoint(float(res.expected_cost[0]), float(res.accuracy[0]), None, tuple(float(v) for v in thr),
                           tuple(int(v) for v in res.histogram[0]))
     static_arch = static_largest_arch(evaluator.space)
     static_test = evaluator.cache(static_arch, "test")

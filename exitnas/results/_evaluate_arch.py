@@ -77,10 +77,10 @@ def _with_thresholds(thresholds: np.ndarray, caches: dict[str, ExitCache]) -> di
         r = ExitPolicy(cache).evaluate(thresholds)
         out[f"thresholds_{split}"] = {
             "thresholds": thresholds.tolist(), "accuracy": float(r.accuracy[0]),
-            "expected_macs": float(r.expected_macs[0]), "histogram": r.histogram[0].tolist(),
+            "expected_macs": float(r.expected_cost[0]), "histogram": r.histogram[0].tolist(),
         }
         print(f"thresholds on {split}: accuracy {r.accuracy[0]:.4f}, expected "
-              f"{r.expected_macs[0] / 1e6:.3f} MMACs, exits {r.histogram[0].tolist()}")
+              f"{r.expected_cost[0] / 1e6:.3f} MMACs, exits {r.histogram[0].tolist()}")
     return out
 
 

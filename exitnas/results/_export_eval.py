@@ -78,10 +78,10 @@ def split_metrics(cache: ExitCache, thresholds: Sequence[float] | np.ndarray,
     expected ms too when the ms of leaving at each exit are given (after a latency search)."""
     t = np.asarray(thresholds, dtype=np.float64)
     r = ExitPolicy(cache).evaluate(t)
-    out = {"accuracy": float(r.accuracy[0]), "expected_mmacs": float(r.expected_macs[0]) / 1e6,
+    out = {"accuracy": float(r.accuracy[0]), "expected_mmacs": float(r.expected_cost[0]) / 1e6,
            "exit_histogram": r.histogram[0].tolist(), "exit_accuracy": [float(a) for a in cache.exit_accuracy()]}
     if exit_ms is not None:
-        out["expected_ms"] = float(ExitPolicy(cache, exit_ms).evaluate(t).expected_macs[0])
+        out["expected_ms"] = float(ExitPolicy(cache, exit_ms).evaluate(t).expected_cost[0])
     return out
 
 
@@ -101,12 +101,12 @@ def refit_thresholds(val: ExitCache, budget_macs: float, n_random: int = 20000, 
     cands = np.concatenate([np.stack([fit_budgeted_thresholds(val, p) for p in DEFAULT_P_SWEEP]),
                             rng.random((n_random, k - 1))])
     r = ExitPolicy(val, costs).evaluate(cands)
-    ok = r.expected_macs <= budget_macs * (1 + 1e-9)
+    ok = r.expected_cost <= budget_macs * (1 + 1e-9)
     if not ok.any():
-        return cands[int(np.argmin(r.expected_macs))]
+        return cands[int(np.argmin(r.expected_cost))]
     score = np.where(ok, r.accuracy, -1.0)
     best = np.flatnonzero(score == score.max())
-    return cands[best[np.argmin(r.expected_macs[best])]]
+    return cands[best[np.argmin(r.expected_cost[best])]]
 
 
 def evaluate_export(net: StaticNet, arch: ArchConfig, splits: ImageSplits, macs: Sequence[float] | np.ndarray, *,

@@ -71,7 +71,7 @@ def test_expected_latency_uses_the_same_policy_arithmetic(space, table) -> None:
                       rng.random((arch.num_exits, 50)) < 0.5, np.arange(1, arch.num_exits + 1, dtype=float))
     t = np.full(arch.num_exits - 1, 0.5)
     exits = ExitPolicy(cache).exits(t)
-    got = ExitPolicy(cache, lat).evaluate(t).expected_macs[0]
+    got = ExitPolicy(cache, lat).evaluate(t).expected_cost[0]
     assert got == pytest.approx(lat[exits].mean())
 
 

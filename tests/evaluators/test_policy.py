@@ -53,7 +53,7 @@ def test_hand_cache(hand: ExitCache, method: str, t: tuple[float, float], exits:
     r = policy.evaluate([t], method=method)
     assert r.histogram.tolist() == [hist]
     assert r.accuracy.tolist() == pytest.approx([right / 6])
-    assert r.expected_macs.tolist() == pytest.approx([mac_sum / 6])
+    assert r.expected_cost.tolist() == pytest.approx([mac_sum / 6])
 
 
 @pytest.mark.parametrize("method", ["dense", "bitset", "auto"])
@@ -63,7 +63,7 @@ def test_many_vectors_at_once(hand: ExitCache, method: str) -> None:
     assert r.histogram.shape == (100, 3)
     assert r.histogram[:5].tolist() == [h[2] for h in HAND]
     assert r.accuracy[:5] * 6 == pytest.approx([h[3] for h in HAND])
-    assert r.expected_macs[:5] * 6 == pytest.approx([h[4] for h in HAND])
+    assert r.expected_cost[:5] * 6 == pytest.approx([h[4] for h in HAND])
     assert np.array_equal(r.histogram[5:], np.tile(r.histogram[:5], (19, 1)))
 
 
@@ -98,9 +98,9 @@ def test_dense_bitset_and_reference_agree(random_cache: Any, k: int, n: int, tie
         for r in (dense, bits):
             assert r.histogram[i].tolist() == hist.tolist()
             assert r.accuracy[i] == pytest.approx(right / n)
-            assert r.expected_macs[i] == pytest.approx(cache.macs[ex].mean())
+            assert r.expected_cost[i] == pytest.approx(cache.macs[ex].mean())
     assert np.array_equal(dense.accuracy, bits.accuracy)
-    assert np.array_equal(dense.expected_macs, bits.expected_macs)
+    assert np.array_equal(dense.expected_cost, bits.expected_cost)
 
 
 def test_bitset_tables_are_reused(random_cache: Any) -> None:
@@ -127,7 +127,7 @@ def test_raising_thresholds_never_lowers_expected_macs(random_cache: Any, seed: 
     policy = ExitPolicy(cache)
     for method in ("dense", "bitset"):
         a, b = policy.evaluate(lo, method=method), policy.evaluate(hi, method=method)
-        assert np.all(b.expected_macs >= a.expected_macs)
+        assert np.all(b.expected_cost >= a.expected_cost)
     for t, u in zip(lo[:20], hi[:20]):  # and each sample on its own leaves no earlier
         assert np.all(policy.exits(u) >= policy.exits(t))
 

@@ -105,7 +105,7 @@ def test_budgeted_batch_sweep_matches_policy(random_cache: Any) -> None:
     assert [p.param for p in pts] == [float(p) for p in DEFAULT_P_SWEEP]
     res = ExitPolicy(test).evaluate(np.array([p.thresholds for p in pts]), method="dense")
     assert [p.accuracy for p in pts] == pytest.approx(res.accuracy.tolist())
-    assert [p.macs for p in pts] == pytest.approx(res.expected_macs.tolist())
+    assert [p.macs for p in pts] == pytest.approx(res.expected_cost.tolist())
     assert [list(p.histogram) for p in pts] == res.histogram.tolist()
 
 

@@ -27,11 +27,11 @@ def test_fit_beta_keeps_to_the_budget_and_spends_it(random_cache: Callable[..., 
     train, val = random_cache(rng, 4, 400, ties=False), random_cache(rng, 4, 400, ties=False)
     for budget in np.linspace(val.macs[0], val.macs[-1], 7)[1:-1]:
         beta = fit_bof_beta(train, val, budget)
-        spent = ExitPolicy(val).evaluate(bof_thresholds(train, beta)).expected_macs[0]
+        spent = ExitPolicy(val).evaluate(bof_thresholds(train, beta)).expected_cost[0]
         assert spent <= budget
         # The next β of the grid would overspend (or the grid ends): β is as large as the budget allows.
         if beta + 0.005 <= 2.0:
-            more = ExitPolicy(val).evaluate(bof_thresholds(train, beta + 0.005)).expected_macs[0]
+            more = ExitPolicy(val).evaluate(bof_thresholds(train, beta + 0.005)).expected_cost[0]
             assert more > budget or bool((bof_thresholds(train, beta + 0.005) >= 1).all())
 
 

@@ -39,7 +39,7 @@ def test_given_thresholds_give_the_policys_metrics_on_each_split(tiny) -> None: 
         m = ev.metrics[split]
         assert m == split_metrics(cache, thr)
         assert m["accuracy"] == pytest.approx(float(r.accuracy[0]))
-        assert m["expected_mmacs"] == pytest.approx(float(r.expected_macs[0]) / 1e6)
+        assert m["expected_mmacs"] == pytest.approx(float(r.expected_cost[0]) / 1e6)
         assert m["exit_histogram"] == r.histogram[0].tolist() and sum(m["exit_histogram"]) == cache.num_samples
         assert m["exit_accuracy"] == pytest.approx(cache.exit_accuracy().tolist())
 

@@ -169,16 +169,16 @@ def test_policy_and_protocols_charge_each_sample_its_own_macs() -> None:
     cache = ExitCache(arch, conf, ok, np.array([100.0, 300.0]), extra_macs=extra)
     # t = 0.5: samples 0 and 2 leave at exit 0 (100+10, 100+30), sample 1 at exit 1 (300+40).
     r = ExitPolicy(cache).evaluate([[0.5]])
-    assert r.expected_macs[0] == pytest.approx((110 + 130 + 340) / 3)
+    assert r.expected_cost[0] == pytest.approx((110 + 130 + 340) / 3)
     assert r.accuracy[0] == pytest.approx(2 / 3)
     many = ExitPolicy(cache).evaluate(np.linspace(0, 1, 100)[:, None])  # "auto" with per-sample costs
-    assert many.expected_macs[50] == pytest.approx(float(ExitPolicy(cache).evaluate([[0.505]]).expected_macs[0]))
+    assert many.expected_cost[50] == pytest.approx(float(ExitPolicy(cache).evaluate([[0.505]]).expected_cost[0]))
     with pytest.raises(ValueError, match="dense"):
         ExitPolicy(cache).evaluate([[0.5]], method="bitset")
     assert [p.macs for p in anytime(cache)] == pytest.approx([100 + 40 / 3, 300 + 90 / 3])
     assert oracle(cache).macs == pytest.approx((110 + 340 + 335) / 3)
     # Costs given explicitly (latencies) replace MACs, per-sample extras and all.
-    assert ExitPolicy(cache, [1.0, 2.0]).evaluate([[0.5]]).expected_macs[0] == pytest.approx(4 / 3)
+    assert ExitPolicy(cache, [1.0, 2.0]).evaluate([[0.5]]).expected_cost[0] == pytest.approx(4 / 3)
 
 
 def test_cache_keeps_extra_macs_on_disk(tmp_path) -> None:  # type: ignore[no-untyped-def]
