@@ -212,7 +212,7 @@ class StepLog:
 
 def make_smoke_data(root: Path, source: str | None) -> None:
     """A few hundred JPEGs copied (not re-encoded) out of the CIFAR-10 tar, as train/ and test/."""
-    from exitnas.data._files import find_cifar10_jpeg
+    from exitnas.data import find_cifar10_jpeg
 
     if (root / "COMPLETE").is_file():
         return

@@ -49,9 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import environment, environment_line, write_section  # noqa: E402
 
 from exitnas.data import normalize  # noqa: E402
-from exitnas.evaluators import build_exit_cache, exit_costs, fit_budgeted_thresholds  # noqa: E402
-from exitnas.evaluators._latency import profile_space  # noqa: E402
-from exitnas.evaluators._policy import ExitPolicy  # noqa: E402
+from exitnas.evaluators import ExitPolicy, build_exit_cache, exit_costs, fit_budgeted_thresholds, profile_space  # noqa: E402  # noqa: E402
 from exitnas.results import kendall_tau  # noqa: E402
 from exitnas.runtime import EarlyExitModel, GraphedEarlyExit, deploy_model, fold_batchnorm  # noqa: E402
 from exitnas.search_space import MultiScaleConv2d, SearchSpace, StaticNet, Supernet, build_space  # noqa: E402

@@ -43,7 +43,7 @@ from exitnas.evaluators import (  # noqa: E402
     fit_bof_beta,
     fit_to_budget,
 )
-from exitnas.results._evaluate import stage_exit_arch  # noqa: E402
+from exitnas.results import stage_exit_arch  # noqa: E402
 from exitnas.search_space import ArchConfig  # noqa: E402
 from exitnas.training import load_supernet, space_for, train_supernet  # noqa: E402
 

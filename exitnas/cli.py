@@ -95,8 +95,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from exitnas.results import build_report
-    from exitnas.results._report import VAL_GAP_WARN
+    from exitnas.results import VAL_GAP_WARN, build_report
 
     r = build_report(args.storage, args.study, args.checkpoint, args.out, trial=args.trial,
                      upload=not args.no_artifacts)
@@ -123,7 +122,7 @@ def _checkpoint_config(checkpoint: str | None) -> dict | None:  # type: ignore[t
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from exitnas.results._export import export_trial
+    from exitnas.results import export_trial
 
     r = export_trial(args.storage, args.study, args.trial, args.out, args.checkpoint, onnx=not args.no_onnx)
     print(f"exported to {r.directory}:")
@@ -135,7 +134,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
     from exitnas._config import TrainConfig, check_field
-    from exitnas.results._retrain import retrain_export
+    from exitnas.results import retrain_export
 
     for flag in ("epochs", "lr"):  # they stand in for train.epochs and train.lr: the same ranges
         check_field(TrainConfig, flag, getattr(args, flag), key=f"--{flag}")

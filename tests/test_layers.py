@@ -58,6 +58,19 @@ def test_imports_run_one_way() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+def test_no_private_module_of_another_part_is_imported() -> None:
+    """``exitnas.<part>._module`` is that part's business: other parts import its public names."""
+    wrong = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT.parent).with_suffix("")
+        here = _part(".".join(rel.parts))
+        for target in _imports(path):
+            parts = target.split(".")
+            if len(parts) > 2 and parts[2].startswith("_") and _part(target) != here:
+                wrong.append(f"{rel} imports {target}")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_every_module_has_a_part() -> None:
     for path in ROOT.rglob("*.py"):
         rel = path.relative_to(ROOT.parent).with_suffix("")

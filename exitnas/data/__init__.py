@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from exitnas.data import _builtin as _builtin  # noqa: F401  (registers digits, cifar10, cifar100)
 from exitnas.data import _files as _files  # noqa: F401  (registers image-folder, cifar10-jpeg)
+from exitnas.data._files import find_cifar10_jpeg
 from exitnas.data._loader import GpuBatchLoader, make_dataloader, normalize
 from exitnas.data._splits import DATASETS, DataConfig, ImageSplits, load_dataset
 
@@ -16,6 +17,7 @@ __all__ = [
     "DataConfig",
     "GpuBatchLoader",
     "ImageSplits",
+    "find_cifar10_jpeg",
     "load_dataset",
     "make_dataloader",
     "normalize",

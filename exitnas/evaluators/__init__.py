@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from exitnas.evaluators._cache import ExitCache, ExitCacheStore, build_exit_cache
 from exitnas.evaluators._cost import ExitCosts, count_macs, exit_costs
-from exitnas.evaluators._evaluator import Evaluator, weights_digest
+from exitnas.evaluators._evaluator import TRAIN_CACHE_IMAGES, Evaluator, fit_subnet_ensemble, weights_digest
 from exitnas.evaluators._latency import LatencyTable, profile_space
 from exitnas.evaluators._policy import ExitPolicy, PolicyResult, check_thresholds, read_thresholds
 from exitnas.evaluators._protocols import (
@@ -22,6 +22,8 @@ from exitnas.evaluators._rules import BOF_BETA_RANGE, EXIT_RULES, bof_thresholds
 from exitnas.runtime import GraphedEarlyExit  # re-exported: the README documents it here
 
 __all__ = [
+    "TRAIN_CACHE_IMAGES",
+    "fit_subnet_ensemble",
     "BOF_BETA_RANGE",
     "EXIT_RULES",
     "bof_thresholds",

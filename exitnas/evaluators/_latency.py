@@ -274,7 +274,7 @@ def _time_early_exit(space: SearchSpace, device: torch.device, warmup: int, repe
 def _identity_net(space: SearchSpace, n: int) -> StaticNet:
     segments: list[nn.Module] = [nn.Identity() for _ in range(n)]
     heads: list[nn.Module] = [_Logits() for _ in range(n)]
-    from exitnas.search_space._combine import COMBINERS
+    from exitnas.search_space import COMBINERS
 
     # The combiner runs at every exit but the first (see search_space/_combine.py).
     combiners = [COMBINERS.get("none")(space.num_classes)]

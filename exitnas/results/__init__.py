@@ -33,7 +33,7 @@ from exitnas.results._figures import (
 )
 from exitnas.results._front import FrontInfo, TrialRecord, load_front, open_study, pareto_mask
 from exitnas.results._hypervolume import ProgressInfo, get_progress_info, hypervolume_2d
-from exitnas.results._report import ReportResult, build_report, default_out_dir
+from exitnas.results._report import VAL_GAP_WARN, ReportResult, build_report, default_out_dir
 from exitnas.results._retrain import RetrainResult, retrain_export, untrained_net
 from exitnas.results._stats import kendall_tau
 from exitnas.runtime import EarlyExitModel, load_export  # re-exported: the README documents them here
@@ -52,6 +52,7 @@ __all__ = [
     "RetrainResult",
     "TestPoint",
     "TrialRecord",
+    "VAL_GAP_WARN",
     "build_report",
     "choose_trial",
     "default_out_dir",

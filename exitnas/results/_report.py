@@ -16,18 +16,7 @@ import plotly.io as pio
 
 from exitnas._errors import UserError
 from exitnas.experiment import Experiment
-from exitnas.results._evaluate import (
-    CHOICE_RULE,
-    MAX_POINTS,
-    CurvesInfo,
-    HistogramInfo,
-    TestPoint,
-    choose_trial,
-    get_curves_info,
-    get_histogram_info,
-    get_test_info,
-    spread_points,
-)
+from exitnas.results import _evaluate as ev
 from exitnas.results._figures import (
     plot_curves,
     plot_front,
@@ -64,10 +53,10 @@ class ReportResult:
     artifact_ids: dict[str, str]
     chosen_trial: int
     front: FrontInfo
-    tests: tuple[TestPoint, ...]
-    curves: CurvesInfo
+    tests: tuple[ev.TestPoint, ...]
+    curves: ev.CurvesInfo
     progress: ProgressInfo
-    histogram: HistogramInfo
+    histogram: ev.HistogramInfo
 
     @property
     def val_gap(self) -> float:
@@ -88,7 +77,7 @@ def default_out_dir(storage_url: str, study_name: str) -> Path:
 
 def build_report(storage_url: str, study_name: str | None, checkpoint: str | Path | None = None,
                  out_dir: str | Path | None = None, trial: int | None = None, *, device: str | None = None,
-                 max_points: int = MAX_POINTS, upload: bool = True) -> ReportResult:
+                 max_points: int = ev.MAX_POINTS, upload: bool = True) -> ReportResult:
     """Measure a study's chosen trials on test and write one HTML report with its figures.
 
     Everything the user can get wrong (URL, study, trial, checkpoint) is checked before
@@ -112,14 +101,14 @@ def build_report(storage_url: str, study_name: str | None, checkpoint: str | Pat
             a missing or foreign checkpoint.
     """
     front = load_front(storage_url, study_name)
-    chosen = choose_trial(front, trial)
+    chosen = ev.choose_trial(front, trial)
     exp = Experiment.from_study(front.study_user_attrs, front.study_name, checkpoint, device=device)
     evaluator, ckpt = exp.evaluator, exp.checkpoint
 
-    tests = tuple(get_test_info(front, evaluator, spread_points(front, max_points, include=(chosen,))))
-    curves = get_curves_info(front, evaluator, chosen)
+    tests = tuple(ev.get_test_info(front, evaluator, ev.spread_points(front, max_points, include=(chosen,))))
+    curves = ev.get_curves_info(front, evaluator, chosen)
     progress = get_progress_info(front)
-    histogram = get_histogram_info(front, next(p for p in tests if p.trial == chosen))
+    histogram = ev.get_histogram_info(front, next(p for p in tests if p.trial == chosen))
     figures = {
         "front": plot_front(front, tests, curves),
         "curves": plot_curves(curves),
@@ -136,7 +125,7 @@ def build_report(storage_url: str, study_name: str | None, checkpoint: str | Pat
         atomic_write_bytes(fig_paths[name], pio.to_html(fig, include_plotlyjs="cdn", full_html=True).encode())
     report = out / REPORT_NAME
     gap = max(abs(p.val_accuracy_rerun - p.val_accuracy) for p in tests)
-    meta = {"checkpoint": str(ckpt), "chosen": chosen, "rule": None if trial is not None else CHOICE_RULE,
+    meta = {"checkpoint": str(ckpt), "chosen": chosen, "rule": None if trial is not None else ev.CHOICE_RULE,
             "val_gap": gap, "max_points": max_points}
     atomic_write_bytes(report, render_html(front, tests, figures, meta).encode())
     summary = out / "summary.json"
@@ -149,7 +138,7 @@ def build_report(storage_url: str, study_name: str | None, checkpoint: str | Pat
 
 
 # -- HTML ----------------------------------------------------------------------------------------
-def render_html(front: FrontInfo, tests: tuple[TestPoint, ...], figures: dict[str, go.Figure],
+def render_html(front: FrontInfo, tests: tuple[ev.TestPoint, ...], figures: dict[str, go.Figure],
                 meta: dict[str, Any]) -> str:
     """The report page: plotly.js inline once in the head, every figure after it, the table."""
     import plotly
@@ -200,7 +189,7 @@ def render_html(front: FrontInfo, tests: tuple[TestPoint, ...], figures: dict[st
     return "\n".join(parts)
 
 
-def _table(tests: tuple[TestPoint, ...], chosen: int, unit: str) -> str:
+def _table(tests: tuple[ev.TestPoint, ...], chosen: int, unit: str) -> str:
     head = ("trial", "val acc", "test acc", f"val {unit}", f"test {unit}", "exits", "test exit histogram")
     rows = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for p in tests:
@@ -214,7 +203,7 @@ def _table(tests: tuple[TestPoint, ...], chosen: int, unit: str) -> str:
     return "\n".join(rows)
 
 
-def _summary(front: FrontInfo, tests: tuple[TestPoint, ...], curves: CurvesInfo, progress: ProgressInfo,
+def _summary(front: FrontInfo, tests: tuple[ev.TestPoint, ...], curves: ev.CurvesInfo, progress: ProgressInfo,
              meta: dict[str, Any]) -> dict[str, Any]:
     return {
         "study": front.study_name, "storage": front.storage_url, **meta,

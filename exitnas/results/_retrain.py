@@ -15,8 +15,7 @@ from tqdm.auto import tqdm
 from exitnas._config import TrainConfig
 from exitnas._errors import UserError
 from exitnas.data import ImageSplits
-from exitnas.evaluators import exit_costs
-from exitnas.evaluators._evaluator import TRAIN_CACHE_IMAGES, fit_subnet_ensemble
+from exitnas.evaluators import TRAIN_CACHE_IMAGES, exit_costs, fit_subnet_ensemble
 from exitnas.experiment import Experiment
 from exitnas.results._export import ExportResult, write_export
 from exitnas.results._export_eval import ExportEvaluation, evaluate_export
