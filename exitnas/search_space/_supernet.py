@@ -137,7 +137,9 @@ class Supernet(nn.Module):
         segments.pop()  # the final exit is the last block: nothing runs after it
         ensemble = GeometricEnsemble(len(heads), sp.num_classes) if sp.ensemble == "geometric" else None
         net = StaticNet([nn.Sequential(*seg) for seg in segments], heads, combiners, ensemble)
-        return net.train(self.training)
+        # Sliced modules are built on the CPU and deep-copied ones keep the supernet's device:
+        # the static net lives where the supernet does (a mixed net broke cost counting on CUDA).
+        return net.to(self.stem_conv.weight.device).train(self.training)
 
 
 def _key(stage: int, block: int) -> str:

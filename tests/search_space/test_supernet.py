@@ -300,3 +300,14 @@ def test_batched_early_exit_equals_per_sample(space: SearchSpace, kind: str) -> 
     for i in range(x.shape[0]):
         first = next((k for k in range(len(thr)) if conf[k][i] >= thr[k]), len(thr))
         assert where[i].item() == first
+
+
+@pytest.mark.gpu
+def test_static_net_lives_on_the_supernets_device(space: SearchSpace, archs: list[ArchConfig]) -> None:
+    # Sliced modules are built fresh and deep-copied ones keep their device: every part of the
+    # static net must follow the supernet (a mixed net broke cost counting of msdnet heads on CUDA).
+    net = Supernet(space).cuda()
+    for arch in archs:
+        static = net.to_static(arch)
+        devices = {t.device.type for t in (*static.parameters(), *static.buffers())}
+        assert devices == {"cuda"}
