@@ -10,7 +10,7 @@ installed) and the supernet's training speed at three batch sizes. Everything go
 
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/wheels/*.whl \\
       && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 \\
-      && python3 benchmarks/gpu_check.py --device cuda --out $OUT
+      && python3 benchmarks/gpu_check.py --device cuda --out /tmp/gc; cp /tmp/gc/gpu_check.json $OUT/
 
 On a CPU (``--device cpu``) it checks itself: every path must pass there too.
 """
