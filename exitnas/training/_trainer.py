@@ -19,7 +19,7 @@ from exitnas._config import EXIT_SETS, ExperimentConfig, TrainConfig
 from exitnas._errors import UserError
 from exitnas.data import GpuBatchLoader, ImageSplits, load_dataset
 from exitnas.search_space import ROUTINGS, ArchConfig, SearchSpace, Supernet, build_space
-from exitnas.training._checkpoint import check_space, load_checkpoint, save_checkpoint
+from exitnas.training._checkpoint import check_space, load_checkpoint, load_weights, save_checkpoint
 from exitnas.training._dist import (
     average_buffers,
     average_gradients,
@@ -284,5 +284,5 @@ def load_supernet(path: str | Path, space: SearchSpace | None = None,
     if space is not None:
         check_space(state, space, path)
     model = Supernet(sp)
-    model.load_state_dict(state["model"])
+    load_weights(model, state, path)
     return model.to(map_location).eval(), state
