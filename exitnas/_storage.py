@@ -20,7 +20,8 @@ from optuna.storages.journal import JournalFileBackend
 
 from exitnas._errors import UserError
 
-__all__ = ["open_storage", "storage_kind", "check_journal_file", "HEARTBEAT_INTERVAL", "GRACE_PERIOD"]
+__all__ = ["open_storage", "storage_kind", "check_journal_file", "local_storage_path", "HEARTBEAT_INTERVAL",
+           "GRACE_PERIOD"]
 
 HEARTBEAT_INTERVAL = 5
 GRACE_PERIOD = 20
@@ -57,6 +58,16 @@ def _fast_sqlite(storage: RDBStorage) -> None:
 
     event.listen(storage.engine, "connect", on_connect)
     storage.engine.dispose()  # connections opened while creating tables get the pragmas anew
+
+
+def local_storage_path(url: str) -> Path | None:
+    """The file a ``sqlite`` or ``journal`` URL names (None for a database server)."""
+    kind = storage_kind(url)
+    if kind == "sqlite":
+        return Path(url.removeprefix("sqlite:///"))
+    if kind == "journal":
+        return Path(url.removeprefix("journal://"))
+    return None
 
 
 def check_journal_file(path: Path) -> None:

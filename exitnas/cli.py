@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from exitnas._errors import UserError
+from exitnas._io import check_output_dir, check_output_file
 
 if TYPE_CHECKING:
     from exitnas.experiment import Experiment
@@ -54,7 +55,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     exp = _open_experiment(args)
     arch = read_arch(args.arch, exp.space)
-    out = Path(args.out) if args.out else exp.checkpoint.with_name("evaluate.json")
+    out = check_output_file(args.out or exp.checkpoint.with_name("evaluate.json"), "--out")
     evaluate_arch(exp, arch, read_thresholds(args.thresholds, arch.num_exits), out)
     print(f"wrote {out}")
     return 0
@@ -140,7 +141,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     for flag in ("epochs", "lr"):  # they stand in for train.epochs and train.lr: the same ranges
         check_field(TrainConfig, flag, getattr(args, flag), key=f"--{flag}")
     arch_json = Path(args.arch_json)
-    out = Path(args.out) if args.out else arch_json.parent.parent / (arch_json.parent.name + "-retrained")
+    out = check_output_dir(args.out or arch_json.parent.parent / (arch_json.parent.name + "-retrained"), "--out")
     r = retrain_export(arch_json, out, scratch=not args.finetune, epochs=args.epochs, lr=args.lr, seed=args.seed)
     print(f"retrained ({'fine-tuned' if args.finetune else 'from scratch'}, {r.epochs:g} epochs, {r.seconds:.0f} s): "
           f"test accuracy {r.test_accuracy:.4f} at {r.test_expected_mmacs:.3f} expected MMACs "
@@ -154,7 +155,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from exitnas.evaluators import profile_space
     from exitnas.experiment import Experiment
 
-    exp = Experiment(load_checked_config(args.config, args.overrides), device=args.device)
+    cfg = load_checked_config(args.config, args.overrides)
+    check_output_file(args.out, "--out")
+    exp = Experiment(cfg, device=args.device)
     table = profile_space(exp.space, exp.splits.image_size, exp.device, repeats=args.repeats)
     table.save(args.out)
     print(f"measured {len(table.entries)} ops on {table.device_name}; wrote {args.out}")
@@ -164,7 +167,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from exitnas._demo import run_demo
 
-    return run_demo(Path(args.out), quick=args.quick)
+    return run_demo(check_output_dir(args.out, "--out"), quick=args.quick)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from exitnas._errors import UserError
-from exitnas._io import atomic_write
+from exitnas._io import atomic_write, check_output_dir
 from exitnas.experiment import Experiment
 from exitnas.results._export_eval import split_metrics
 from exitnas.runtime import EXPORT_FORMAT, AllExits, EarlyExitModel, deploy_model, sha256_file
@@ -44,12 +44,9 @@ def library_versions() -> dict[str, str]:
 
 def load_trial(storage: str, study_name: str, number: int | None) -> tuple[optuna.Study, optuna.trial.FrozenTrial]:
     """A COMPLETE trial of a stored study (``None``: the report's choice, CHOICE_RULE)."""
-    from exitnas._storage import open_storage
+    from exitnas.results._front import open_study
 
-    try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage, heartbeat=False))
-    except KeyError:
-        raise UserError(f"no study named {study_name!r} in {storage}") from None
+    study = open_study(storage, study_name)  # a read: a missing database is not created
     complete = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
     if not complete:
         raise UserError(f"study {study_name!r} has no complete trial yet; run exitnas search first")
@@ -71,6 +68,7 @@ def export_trial(storage: str, study_name: str, number: int | None, out: str | P
     from exitnas.results._front import load_front
 
     study, trial = load_trial(storage, study_name, number)
+    check_output_dir(out, "--out")
     exp = Experiment.from_study(study.user_attrs, study_name, checkpoint, device=device)
     cand = trial_candidate(load_front(storage, study_name), trial.number, exp.evaluator)
     net = exp.evaluator.subnet(cand.arch)

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from exitnas._config import EXIT_SETS, ExperimentConfig, TrainConfig
 from exitnas._errors import UserError
+from exitnas._io import check_output_dir
 from exitnas.data import GpuBatchLoader, ImageSplits, load_dataset
 from exitnas.search_space import ROUTINGS, ArchConfig, SearchSpace, Supernet, build_space
 from exitnas.training._checkpoint import check_space, load_checkpoint, load_weights, save_checkpoint
@@ -112,6 +113,7 @@ def train_supernet(
         splits: Already loaded data (else loaded from ``cfg.data``).
     """
     _check_options(cfg.train)
+    check_output_dir(cfg.train.out, "train.out")
     run = _Run.open(cfg, splits)
     step = run.resume() if resume and run.ckpt_path.exists() else 0
     broadcast_parameters(run.model, run.info)
