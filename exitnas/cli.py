@@ -255,22 +255,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import optuna
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    # Once, here: the library leaves Optuna's log level to whoever calls it. The CLI's
-    # progress bar and one-line errors replace Optuna's per-trial INFO lines.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        return _run(argv)
     except UserError as e:
         print(f"exitnas: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # anywhere, imports included; a running trial is already marked FAIL
         print("exitnas: interrupted", file=sys.stderr)
         return 130
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    import optuna
+
+    from exitnas._trial_errors import one_line_trial_errors
+
+    args = build_parser().parse_args(argv)
+    # Once, here: the library leaves Optuna's log level to whoever calls it. The CLI's
+    # progress bar and one-line errors replace Optuna's per-trial INFO lines and tracebacks.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    one_line_trial_errors()
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
