@@ -44,7 +44,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    result = train_supernet(cfg, resume=args.resume)
+    result = train_supernet(cfg, resume=args.resume, force=args.force)
     print(f"trained {result.steps} steps at {result.images_per_s:.0f} images/s; checkpoint: {result.checkpoint}")
     return 0
 
@@ -126,7 +126,8 @@ def _checkpoint_config(checkpoint: str | None) -> dict | None:  # type: ignore[t
 def _cmd_export(args: argparse.Namespace) -> int:
     from exitnas.results._export import export_trial
 
-    r = export_trial(args.storage, args.study, args.trial, args.out, args.checkpoint, onnx=not args.no_onnx)
+    r = export_trial(args.storage, args.study, args.trial, args.out, args.checkpoint, onnx=not args.no_onnx,
+                     force=args.force)
     print(f"exported to {r.directory}:")
     for p in (r.arch_json, r.weights, r.torchscript, r.onnx):
         if p is not None:
@@ -136,12 +137,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
     from exitnas._config import TrainConfig, check_field
+    from exitnas.results import check_export_out
     from exitnas.results._retrain import retrain_export
 
     for flag in ("epochs", "lr"):  # they stand in for train.epochs and train.lr: the same ranges
         check_field(TrainConfig, flag, getattr(args, flag), key=f"--{flag}")
     arch_json = Path(args.arch_json)
-    out = check_output_dir(args.out or arch_json.parent.parent / (arch_json.parent.name + "-retrained"), "--out")
+    out = check_export_out(args.out or arch_json.parent.parent / (arch_json.parent.name + "-retrained"), args.force)
     r = retrain_export(arch_json, out, scratch=not args.finetune, epochs=args.epochs, lr=args.lr, seed=args.seed)
     print(f"retrained ({'fine-tuned' if args.finetune else 'from scratch'}, {r.epochs:g} epochs, {r.seconds:.0f} s): "
           f"test accuracy {r.test_accuracy:.4f} at {r.test_expected_mmacs:.3f} expected MMACs "
@@ -188,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a supernet once")
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from <train.out>/supernet.pt")
+    p.add_argument("--force", action="store_true", help="train anew over an existing <train.out>/supernet.pt")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_cmd_train)
 
@@ -231,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--checkpoint", help="supernet checkpoint (default: the one the study was searched on)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")
+    p.add_argument("--force", action="store_true", help="replace an export already in --out")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("retrain", help="train an exported arch on its own, refit thresholds, report test")
@@ -240,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, help="default: the experiment's train.epochs")
     p.add_argument("--lr", type=float, help="default: train.lr (scratch) or a tenth of it (fine-tune)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace an export already in --out")
     p.set_defaults(func=_cmd_retrain)
 
     p = sub.add_parser("evaluate", help="evaluate one architecture of a trained supernet")

@@ -17,6 +17,8 @@ import torch
 from exitnas._errors import UserError
 from exitnas.search_space import ArchConfig, Supernet, build_space
 
+from .conftest import _write_tiny_export
+
 
 class _Payload:
     """Unpickling this runs ``touch marker``: what a crafted file would do."""
@@ -39,19 +41,6 @@ def _space():  # type: ignore[no-untyped-def]
 
 def _arch() -> ArchConfig:
     return ArchConfig("msr-resnet", (1, 1), (1.0, 1.0), ((0.0,), (1.0,)), ((0, 0), (1, 0)), ("linear", "linear"))
-
-
-def _export(folder: Path) -> Path:
-    """A tiny export (random weights, no ONNX) written by the package's own writer."""
-    from exitnas.results import write_export
-
-    space, arch = _space(), _arch()
-    net = Supernet(space).to_static(arch)
-    metrics = {s: {"accuracy": 0.5, "expected_mmacs": 0.1} for s in ("val", "test")}
-    meta = {"arch": arch.to_dict(), "thresholds": [0.9], "confidence": "maxprob", "space": space.to_dict(),
-            "metrics": metrics}
-    write_export(folder, net, meta, [0.5], [0.25], (1, 8, 8), onnx=False)
-    return folder
 
 
 def _rehash(folder: Path, role: str) -> None:
@@ -113,7 +102,7 @@ def _exit_cache(tmp: Path, blob: bytes) -> None:
 def _export_weights(tmp: Path, blob: bytes) -> None:
     from exitnas.runtime import load_export
 
-    d = _export(tmp / "export")
+    d = _write_tiny_export(tmp / "export")
     (d / "weights.safetensors").write_bytes(blob)
     _rehash(d, "weights")
     load_export(d)
@@ -122,7 +111,7 @@ def _export_weights(tmp: Path, blob: bytes) -> None:
 def _export_torchscript(tmp: Path, blob: bytes) -> None:
     from exitnas.runtime import load_export
 
-    d = _export(tmp / "export")
+    d = _write_tiny_export(tmp / "export")
     torch.save({"x": _Bytes(blob)}, d / "model.torchscript.pt")
     load_export(d)  # refused: the file does not match its recorded hash
 
@@ -307,10 +296,10 @@ def test_damaged_exit_cache_is_recomputed_with_a_warning(tmp_path: Path, damage:
 
 @pytest.mark.parametrize("damage", ["no-metrics", "metrics-not-numbers", "torchscript-changed",
                                     "file-outside-folder", "threshold-above-1", "threshold-negative"])
-def test_damaged_export_names_the_file(tmp_path: Path, damage: str) -> None:
+def test_damaged_export_names_the_file(tmp_path: Path, damage: str, tiny_export) -> None:  # type: ignore[no-untyped-def]
     from exitnas.runtime import load_export
 
-    d = _export(tmp_path / "export")
+    d = tiny_export(tmp_path / "export")
     meta = json.loads((d / "arch.json").read_text())
     if damage == "no-metrics":
         del meta["metrics"]

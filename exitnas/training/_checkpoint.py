@@ -12,7 +12,7 @@ from exitnas._errors import UserError
 from exitnas._io import atomic_write, atomic_write_bytes
 from exitnas.search_space import SearchSpace
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "atomic_write_bytes", "check_space"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "atomic_write_bytes", "check_recipe", "check_space"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -95,6 +95,26 @@ def check_space(state: dict[str, Any], space: SearchSpace, path: str | Path) -> 
             f"checkpoint {path} is of another search space ({k}: {theirs.get(k)} there, {ours.get(k)} here); "
             "use the config it was trained with"
         )
+
+
+#: Settings that do not change what training computes: a resumed run may change them.
+_NOT_RECIPE = {"train": {"out", "progress", "checkpoint_every", "device"}, "data": {"root", "cache_dir"}}
+
+
+def check_recipe(state: dict[str, Any], config: dict[str, Any], path: str | Path) -> None:
+    """Raise a :class:`UserError` naming the first ``train``/``data`` setting of ``config`` (a
+    config as a dict of sections) that differs from the one the checkpoint was trained with.
+
+    Resuming with another batch size, learning rate, seed or length would give a run that is
+    neither the old recipe nor the new one. A setting the checkpoint predates is not compared.
+    """
+    theirs = state.get("config", {})
+    for section, skip in _NOT_RECIPE.items():
+        old, new = theirs.get(section) or {}, config.get(section) or {}
+        for key in sorted(set(old) & set(new) - skip):
+            if old[key] != new[key]:
+                raise UserError(f"--resume: {section}.{key} is {new[key]!r} here but {path} was trained with "
+                                f"{old[key]!r}; resume with the same recipe, or train anew with --force")
 
 
 def load_weights(module: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:

@@ -19,8 +19,6 @@ from optuna.trial import TrialState
 from exitnas._errors import UserError
 from exitnas._trial_errors import ERROR_ATTR, one_line_trial_errors, recording_errors
 
-from .conftest import worker_env
-
 
 class _Lines(logging.Handler):
     def __init__(self) -> None:
@@ -85,11 +83,11 @@ def test_other_optuna_warnings_pass(optuna_log: _Lines) -> None:
     assert len(optuna_log.lines) == 1 and "nan" in optuna_log.lines[0]
 
 
-def test_ctrl_c_during_search(search_args: Callable[..., list[str]], tmp_path: Path) -> None:
+def test_ctrl_c_during_search(search_args: Callable[..., list[str]], tmp_path: Path, env: dict[str, str]) -> None:
     log = tmp_path / "study.log"
     url = f"journal://{log}"
     argv = search_args(url, "--trials", "500", "--set", "search.recal_images=1000")
-    proc = subprocess.Popen([sys.executable, "-m", "exitnas", *argv], env=worker_env(), cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "exitnas", *argv], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         storage = None
