@@ -17,7 +17,7 @@ import torch
 from exitnas._errors import UserError
 from exitnas.search_space import ArchConfig, Supernet, build_space
 
-from .conftest import _write_tiny_export
+MakeExport = Callable[[Path], Path]
 
 
 class _Payload:
@@ -54,7 +54,7 @@ def _rehash(folder: Path, role: str) -> None:
 # ---------------------------------------------------------------------------- each place a file is read
 
 
-def _cifar(tmp: Path, blob: bytes) -> None:
+def _cifar(tmp: Path, blob: bytes, make_export: MakeExport) -> None:
     from exitnas.data import DataConfig, load_dataset
 
     for i in range(1, 6):
@@ -63,14 +63,14 @@ def _cifar(tmp: Path, blob: bytes) -> None:
     load_dataset(DataConfig("cifar10", root=str(tmp)))
 
 
-def _checkpoint_pickle(tmp: Path, blob: bytes) -> None:
+def _checkpoint_pickle(tmp: Path, blob: bytes, make_export: MakeExport) -> None:
     from exitnas.training import load_checkpoint
 
     (tmp / "supernet.pt").write_bytes(blob)
     load_checkpoint(tmp / "supernet.pt")
 
 
-def _checkpoint_torch(tmp: Path, blob: bytes) -> None:
+def _checkpoint_torch(tmp: Path, blob: bytes, make_export: MakeExport) -> None:
     from exitnas.training import load_checkpoint
 
     torch.save({"format": 1, "payload": _Bytes(blob)}, tmp / "supernet.pt")
@@ -87,7 +87,7 @@ class _Bytes:
         return (pickle.loads, (self.blob,))
 
 
-def _exit_cache(tmp: Path, blob: bytes) -> None:
+def _exit_cache(tmp: Path, blob: bytes, make_export: MakeExport) -> None:
     from exitnas.evaluators import ExitCacheStore
 
     store = ExitCacheStore(tmp)
@@ -99,59 +99,59 @@ def _exit_cache(tmp: Path, blob: bytes) -> None:
     raise UserError("refused")  # a cache miss, as the table below expects of every place
 
 
-def _export_weights(tmp: Path, blob: bytes) -> None:
+def _export_weights(tmp: Path, blob: bytes, make_export: MakeExport) -> None:
     from exitnas.runtime import load_export
 
-    d = _write_tiny_export(tmp / "export")
+    d = make_export(tmp / "export")
     (d / "weights.safetensors").write_bytes(blob)
     _rehash(d, "weights")
     load_export(d)
 
 
-def _export_torchscript(tmp: Path, blob: bytes) -> None:
+def _export_torchscript(tmp: Path, blob: bytes, make_export: MakeExport) -> None:
     from exitnas.runtime import load_export
 
-    d = _write_tiny_export(tmp / "export")
+    d = make_export(tmp / "export")
     torch.save({"x": _Bytes(blob)}, d / "model.torchscript.pt")
     load_export(d)  # refused: the file does not match its recorded hash
 
 
-def _latency_table(tmp: Path, blob: bytes) -> None:
+def _latency_table(tmp: Path, blob: bytes, make_export: MakeExport) -> None:
     from exitnas.evaluators import LatencyTable
 
     (tmp / "lut.json").write_bytes(blob)
     LatencyTable.load(tmp / "lut.json")
 
 
-def _journal(tmp: Path, blob: bytes) -> None:
+def _journal(tmp: Path, blob: bytes, make_export: MakeExport) -> None:
     from exitnas._storage import open_storage
 
     (tmp / "study.log").write_bytes(blob + b"\n" + blob + b"\n")
     open_storage(f"journal://{tmp / 'study.log'}")
 
 
-def _sqlite(tmp: Path, blob: bytes) -> None:
+def _sqlite(tmp: Path, blob: bytes, make_export: MakeExport) -> None:
     from exitnas.results import load_front
 
     (tmp / "study.db").write_bytes(blob)
     load_front(f"sqlite:///{tmp / 'study.db'}")
 
 
-def _config(tmp: Path, blob: bytes) -> None:
+def _config(tmp: Path, blob: bytes, make_export: MakeExport) -> None:
     from exitnas._config import load_config
 
     (tmp / "exp.yaml").write_bytes(blob)
     load_config(tmp / "exp.yaml")
 
 
-def _arch_file(tmp: Path, blob: bytes) -> None:
+def _arch_file(tmp: Path, blob: bytes, make_export: MakeExport) -> None:
     from exitnas.results import read_arch
 
     (tmp / "arch.json").write_bytes(blob)
     read_arch(str(tmp / "arch.json"), _space())
 
 
-PLACES: dict[str, Callable[[Path, bytes], None]] = {
+PLACES: dict[str, Callable[[Path, bytes, MakeExport], None]] = {
     "cifar-batch": _cifar, "checkpoint-pickle": _checkpoint_pickle, "checkpoint-torch": _checkpoint_torch,
     "exit-cache": _exit_cache, "export-weights": _export_weights, "export-torchscript": _export_torchscript,
     "latency-table": _latency_table, "journal": _journal, "sqlite": _sqlite, "config": _config,
@@ -160,11 +160,11 @@ PLACES: dict[str, Callable[[Path, bytes], None]] = {
 
 
 @pytest.mark.parametrize("place", sorted(PLACES))
-def test_crafted_pickle_never_runs(tmp_path: Path, place: str) -> None:
+def test_crafted_pickle_never_runs(tmp_path: Path, place: str, tiny_export: MakeExport) -> None:
     marker = tmp_path / "PWNED"
     blob = _crafted(marker)
     with pytest.raises(UserError) as info:
-        PLACES[place](tmp_path, blob)
+        PLACES[place](tmp_path, blob, tiny_export)
     assert "\n" not in str(info.value)
     assert not marker.exists(), f"{place}: the crafted pickle ran"
 
@@ -176,10 +176,10 @@ def test_the_payload_does_run_when_unpickled(tmp_path: Path) -> None:
     assert marker.exists()
 
 
-def test_cifar_batch_refusal_names_the_global(tmp_path: Path) -> None:
+def test_cifar_batch_refusal_names_the_global(tmp_path: Path, tiny_export: MakeExport) -> None:
     marker = tmp_path / "PWNED"
     with pytest.raises(UserError, match=r"data_batch_1 is refused .*(posix|os)\.system"):
-        _cifar(tmp_path, _crafted(marker))
+        _cifar(tmp_path, _crafted(marker), tiny_export)
 
 
 def test_cifar_batches_of_every_pickle_protocol_still_load(tmp_path: Path) -> None:
@@ -296,7 +296,7 @@ def test_damaged_exit_cache_is_recomputed_with_a_warning(tmp_path: Path, damage:
 
 @pytest.mark.parametrize("damage", ["no-metrics", "metrics-not-numbers", "torchscript-changed",
                                     "file-outside-folder", "threshold-above-1", "threshold-negative"])
-def test_damaged_export_names_the_file(tmp_path: Path, damage: str, tiny_export) -> None:  # type: ignore[no-untyped-def]
+def test_damaged_export_names_the_file(tmp_path: Path, damage: str, tiny_export: MakeExport) -> None:
     from exitnas.runtime import load_export
 
     d = tiny_export(tmp_path / "export")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any, List, Tuple
 
@@ -114,8 +115,9 @@ def load_export(directory: str | Path) -> tuple[EarlyExitModel, dict[str, Any]]:
         if isinstance(e, UserError):
             raise UserError(f"{meta_path}: {e}") from None
         raise UserError(f"{meta_path} is missing or has a malformed field ({e}); re-export the trial") from None
-    if len(thresholds) != arch.num_exits - 1 or not all(0.0 <= t <= 1.0 for t in thresholds):
-        raise UserError(f"{meta_path}: thresholds must be {arch.num_exits - 1} numbers in [0, 1]")
+    # +inf closes an exit (the budgeted-batch fit's closed exits, see evaluators.CLOSED).
+    if len(thresholds) != arch.num_exits - 1 or not all(0.0 <= t <= 1.0 or t == math.inf for t in thresholds):
+        raise UserError(f"{meta_path}: thresholds must be {arch.num_exits - 1} numbers in [0, 1] (or inf)")
     _check_files(meta, d, meta_path)
     try:
         state = load_file(str(weights))
