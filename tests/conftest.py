@@ -53,7 +53,7 @@ def _write_tiny_export(folder):  # type: ignore[no-untyped-def]
     return folder
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_export():  # type: ignore[no-untyped-def]
     """``tiny_export(folder)``: write a tiny export (random weights, no ONNX) there; its folder."""
     return _write_tiny_export
