@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import socket
@@ -62,7 +63,8 @@ def remove_stale_temp_files(path: str | Path) -> list[Path]:
     """
     path = Path(path)
     removed = []
-    for tmp in path.parent.glob(f"{_temp_prefix(path)}*.tmp") if path.parent.is_dir() else ():
+    pattern = f"{glob.escape(_temp_prefix(path))}*.tmp"  # a name with [ or * is matched as it is
+    for tmp in path.parent.glob(pattern) if path.parent.is_dir() else ():
         owner = tmp.name[len(_temp_prefix(path)):].split(".")[0]
         host, _, pid = owner.rpartition("-")
         try:

@@ -97,3 +97,13 @@ def test_atomic_write_failure_removes_its_temp_file(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         atomic_write(tmp_path / "f", fail)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temp_files_of_a_name_with_glob_characters(tmp_path: Path) -> None:
+    stale = tmp_path / ".a[1].json.abc.tmp"
+    other = tmp_path / ".a1.json.abc.tmp"  # what an unescaped [1] would match
+    for p in (stale, other):
+        p.write_bytes(b"x")
+        os.utime(p, (0, 0))
+    assert remove_stale_temp_files(tmp_path / "a[1].json") == [stale]
+    assert other.exists()
