@@ -242,9 +242,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not p.is_file():
             raise UserError(f"config file {p} does not exist")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise UserError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"config file {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        except OSError as e:
+            raise UserError(f"config file {p} cannot be read ({e.strerror})") from None
         if not isinstance(raw, dict):
             raise UserError(f"config file {p} must hold a mapping of sections")
     for key, value in [*parse_overrides(overrides), *(flags or {}).items()]:

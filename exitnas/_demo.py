@@ -48,7 +48,7 @@ def run_demo(out: Path, quick: bool = False) -> int:
     splits = load_dataset(cfg.data)
     print(f"[1/4] training a supernet once on {splits.name}: {len(splits.train_y)} train / "
           f"{len(splits.val_y)} val / {len(splits.test_y)} test images")
-    trained = train_supernet(cfg, splits=splits)
+    trained = train_supernet(cfg, splits=splits, force=True)  # each demo run starts anew, as its study does
     print(f"[2/4] searching {cfg.search.trials} archs + thresholds on val (Optuna {cfg.search.sampler}, "
           f"{cfg.search.storage})")
     front = run_search(cfg, exp=Experiment(cfg, trained.checkpoint, splits=splits))
@@ -61,7 +61,7 @@ def run_demo(out: Path, quick: bool = False) -> int:
     print(f"  trial {chosen}: test accuracy {point.test_accuracy:.4f} at {point.test_cost:.3f} expected MMACs "
           f"(static largest subnet: {static.accuracy:.4f} at {static.macs / 1e6:.3f} MMACs)")
     print(f"[4/4] exporting trial {chosen} (inherited weights, TorchScript, ONNX)")
-    export = export_trial(cfg.search.storage, cfg.search.study, chosen, out / "export")
+    export = export_trial(cfg.search.storage, cfg.search.study, chosen, out / "export", force=True)
     paths = [trained.checkpoint, trained.checkpoint.parent / "config.yaml", out / "study.db", report.html]
     paths += [export.arch_json, export.weights, export.torchscript]
     if export.onnx:

@@ -27,8 +27,11 @@ def _worker(cfg_dict: dict[str, Any], checkpoint: str, worker: int, n_trials: in
     import optuna
     import torch
 
+    from exitnas._trial_errors import one_line_trial_errors
+
     # A Ray worker is its own process's entry point: it sets what the CLI sets for its own.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    one_line_trial_errors()
     torch.set_num_threads(max(1, threads))
     return run_worker(ExperimentConfig.from_dict(cfg_dict), checkpoint, worker, n_trials, token=token)
 

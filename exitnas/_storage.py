@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from optuna.storages.journal import JournalFileBackend
 
 from exitnas._errors import UserError
 
-__all__ = ["open_storage", "storage_kind", "HEARTBEAT_INTERVAL", "GRACE_PERIOD"]
+__all__ = ["open_storage", "storage_kind", "check_journal_file", "local_storage_path", "HEARTBEAT_INTERVAL",
+           "GRACE_PERIOD"]
 
 HEARTBEAT_INTERVAL = 5
 GRACE_PERIOD = 20
@@ -58,11 +60,50 @@ def _fast_sqlite(storage: RDBStorage) -> None:
     storage.engine.dispose()  # connections opened while creating tables get the pragmas anew
 
 
+def local_storage_path(url: str) -> Path | None:
+    """The file a ``sqlite`` or ``journal`` URL names (None for a database server)."""
+    kind = storage_kind(url)
+    if kind == "sqlite":
+        return Path(url.removeprefix("sqlite:///"))
+    if kind == "journal":
+        return Path(url.removeprefix("journal://"))
+    return None
+
+
+def check_journal_file(path: Path) -> None:
+    """Refuse, with one line, a file that exists but is not an Optuna journal.
+
+    Every complete line of a journal is a JSON object with an ``op_code``; the last line may be
+    cut short by a killed writer (Optuna skips it), so it is not judged.
+    """
+    if path.is_dir():
+        raise UserError(f"storage {path} is a folder; a journal storage is a file (e.g. study.log)")
+    if not path.is_file():
+        return
+    try:
+        with path.open("rb") as f:
+            for number, line in enumerate(f, start=1):
+                if line.endswith(b"\n") and not _is_journal_entry(line):
+                    raise UserError(f"storage {path} is not an Optuna journal (line {number} is not a journal "
+                                    "entry); point at a journal file or a new path")
+    except OSError as e:
+        raise UserError(f"storage {path} cannot be read ({e.strerror})") from None
+
+
+def _is_journal_entry(line: bytes) -> bool:
+    try:
+        entry = json.loads(line)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
+        return False
+    return isinstance(entry, dict) and "op_code" in entry
+
+
 def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
     """Open (creating tables or files as needed) the storage named by ``url``."""
     kind = storage_kind(url)
     if kind == "journal":
         path = Path(url.removeprefix("journal://")) if url.startswith("journal://") else Path(url)
+        check_journal_file(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             return JournalStorage(JournalFileBackend(str(path)))

@@ -17,6 +17,7 @@ from exitnas._config import ExperimentConfig
 from exitnas._objective import ArchObjective
 from exitnas._storage import open_storage
 from exitnas._study import completed, create_or_load_study
+from exitnas._trial_errors import recording_errors
 from exitnas.experiment import Experiment
 
 __all__ = ["retry_lost_trials", "run_worker"]
@@ -52,7 +53,9 @@ def run_worker(cfg: ExperimentConfig, checkpoint: str | Path, worker: int, n_tri
     bar = _progress_bar(study, cfg.search.trials, objective.unit.unit) if progress else None
     if bar is not None:
         callbacks.append(bar)
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=callbacks, gc_after_trial=False)
+    # A trial's error: its full text in the trial's record (the log says one line, see _trial_errors).
+    study.optimize(recording_errors(objective), n_trials=n_trials, timeout=timeout, callbacks=callbacks,
+                   gc_after_trial=False)
     if bar is not None:
         bar.close()
     return mine[0]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from exitnas._errors import UserError
+from exitnas._io import check_output_dir, check_output_file
 
 if TYPE_CHECKING:
     from exitnas.experiment import Experiment
@@ -43,7 +44,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    result = train_supernet(cfg, resume=args.resume)
+    result = train_supernet(cfg, resume=args.resume, force=args.force)
     print(f"trained {result.steps} steps at {result.images_per_s:.0f} images/s; checkpoint: {result.checkpoint}")
     return 0
 
@@ -54,7 +55,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     exp = _open_experiment(args)
     arch = read_arch(args.arch, exp.space)
-    out = Path(args.out) if args.out else exp.checkpoint.with_name("evaluate.json")
+    out = check_output_file(args.out or exp.checkpoint.with_name("evaluate.json"), "--out")
     evaluate_arch(exp, arch, read_thresholds(args.thresholds, arch.num_exits), out)
     print(f"wrote {out}")
     return 0
@@ -124,7 +125,8 @@ def _checkpoint_config(checkpoint: str | None) -> dict | None:  # type: ignore[t
 def _cmd_export(args: argparse.Namespace) -> int:
     from exitnas.results import export_trial
 
-    r = export_trial(args.storage, args.study, args.trial, args.out, args.checkpoint, onnx=not args.no_onnx)
+    r = export_trial(args.storage, args.study, args.trial, args.out, args.checkpoint, onnx=not args.no_onnx,
+                     force=args.force)
     print(f"exported to {r.directory}:")
     for p in (r.arch_json, r.weights, r.torchscript, r.onnx):
         if p is not None:
@@ -134,12 +136,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
     from exitnas._config import TrainConfig, check_field
-    from exitnas.results import retrain_export
+    from exitnas.results import check_export_out, retrain_export
 
     for flag in ("epochs", "lr"):  # they stand in for train.epochs and train.lr: the same ranges
         check_field(TrainConfig, flag, getattr(args, flag), key=f"--{flag}")
     arch_json = Path(args.arch_json)
-    out = Path(args.out) if args.out else arch_json.parent.parent / (arch_json.parent.name + "-retrained")
+    out = check_export_out(args.out or arch_json.parent.parent / (arch_json.parent.name + "-retrained"), args.force)
     r = retrain_export(arch_json, out, scratch=not args.finetune, epochs=args.epochs, lr=args.lr, seed=args.seed)
     print(f"retrained ({'fine-tuned' if args.finetune else 'from scratch'}, {r.epochs:g} epochs, {r.seconds:.0f} s): "
           f"test accuracy {r.test_accuracy:.4f} at {r.test_expected_mmacs:.3f} expected MMACs "
@@ -153,7 +155,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from exitnas.evaluators import profile_space
     from exitnas.experiment import Experiment
 
-    exp = Experiment(load_checked_config(args.config, args.overrides), device=args.device)
+    cfg = load_checked_config(args.config, args.overrides)
+    check_output_file(args.out, "--out")
+    exp = Experiment(cfg, device=args.device)
     table = profile_space(exp.space, exp.splits.image_size, exp.device, repeats=args.repeats)
     table.save(args.out)
     print(f"measured {len(table.entries)} ops on {table.device_name}; wrote {args.out}")
@@ -163,7 +167,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from exitnas._demo import run_demo
 
-    return run_demo(Path(args.out), quick=args.quick)
+    return run_demo(check_output_dir(args.out, "--out"), quick=args.quick)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a supernet once")
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from <train.out>/supernet.pt")
+    p.add_argument("--force", action="store_true", help="train anew over an existing <train.out>/supernet.pt")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_cmd_train)
 
@@ -227,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--checkpoint", help="supernet checkpoint (default: the one the study was searched on)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")
+    p.add_argument("--force", action="store_true", help="replace an export already in --out")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("retrain", help="train an exported arch on its own, refit thresholds, report test")
@@ -236,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, help="default: the experiment's train.epochs")
     p.add_argument("--lr", type=float, help="default: train.lr (scratch) or a tenth of it (fine-tune)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace an export already in --out")
     p.set_defaults(func=_cmd_retrain)
 
     p = sub.add_parser("evaluate", help="evaluate one architecture of a trained supernet")
@@ -251,22 +258,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import optuna
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    # Once, here: the library leaves Optuna's log level to whoever calls it. The CLI's
-    # progress bar and one-line errors replace Optuna's per-trial INFO lines.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        return _run(argv)
     except UserError as e:
         print(f"exitnas: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # anywhere, imports included; a running trial is already marked FAIL
         print("exitnas: interrupted", file=sys.stderr)
         return 130
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    import optuna
+
+    from exitnas._trial_errors import one_line_trial_errors
+
+    args = build_parser().parse_args(argv)
+    # Once, here: the library leaves Optuna's log level to whoever calls it. The CLI's
+    # progress bar and one-line errors replace Optuna's per-trial INFO lines and tracebacks.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    one_line_trial_errors()
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,9 +19,10 @@ import optuna
 
 from exitnas._config import ExperimentConfig
 from exitnas._errors import UserError
+from exitnas._io import check_output_dir, check_output_file
 from exitnas._objective import ArchObjective
 from exitnas._pareto import pareto_mask
-from exitnas._storage import storage_kind
+from exitnas._storage import local_storage_path, storage_kind
 from exitnas._study import DIRECTIONS, METRIC_NAMES, completed, create_or_load_study, metric_names
 from exitnas._trial_codec import decode_trial, suggest_arch
 from exitnas._workers import retry_lost_trials, run_worker
@@ -79,6 +80,15 @@ def pareto_front(study: optuna.Study) -> list[ParetoPoint]:
     return sorted(points, key=lambda p: (p.cost, -p.accuracy, p.trial))
 
 
+def _check_outputs(cfg: ExperimentConfig) -> None:
+    """The study's database file and ``search.cache_dir`` can be written (checked before any work)."""
+    path = local_storage_path(cfg.search.storage)
+    if path is not None:
+        check_output_file(path, "search.storage")
+    if cfg.search.cache_dir:
+        check_output_dir(cfg.search.cache_dir, "search.cache_dir")
+
+
 def run_search(cfg: ExperimentConfig, *, exp: Experiment | None = None,
                timeout: float | None = None) -> list[ParetoPoint]:
     """Run (or resume) the study of ``cfg`` and return its Pareto front, read from the database.
@@ -89,6 +99,7 @@ def run_search(cfg: ExperimentConfig, *, exp: Experiment | None = None,
         timeout: Stop starting trials after this many seconds (local backend).
     """
     sc = cfg.search
+    _check_outputs(cfg)
     exp = exp or Experiment(cfg)
     if exp.cfg != cfg:
         raise ValueError("run_search: exp was opened with another config than cfg")

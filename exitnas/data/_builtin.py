@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,14 +86,48 @@ def _read_pickle(path: Path, name: str) -> dict[bytes, object]:
         raise UserError(f"dataset {name}: missing {path}; the CIFAR folder is incomplete, extract it again")
     # CIFAR's official python release is a set of pickles written by Python 2; reading
     # them with encoding="bytes" is the standard way, and the only way to get its arrays.
+    # The unpickler admits only the few numpy globals an array needs: a crafted file
+    # cannot call anything else (os.system, eval, ...).
     with path.open("rb") as f:
         try:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+        except _Refused as exc:
+            raise UserError(f"dataset {name}: {path} is refused ({exc}); extract the archive again") from None
         except Exception as exc:  # a truncated or foreign file; say which one
             raise UserError(f"dataset {name}: cannot read {path} ({exc}); extract the archive again") from None
     if not isinstance(batch, dict) or b"data" not in batch:
         raise UserError(f"dataset {name}: {path} is not a CIFAR batch (no b'data' key)")
     return batch
+
+
+def _array_globals() -> dict[tuple[str, str], Any]:
+    """The globals a pickled numpy array refers to, under the module names numpy 1 and 2 write."""
+    import codecs
+
+    from numpy._core import multiarray, numeric
+
+    found: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                         ("_codecs", "encode"): codecs.encode}  # bytes at protocol ≤ 2
+    for module in ("numpy.core", "numpy._core"):
+        found[(f"{module}.multiarray", "_reconstruct")] = multiarray._reconstruct  # protocol ≤ 4
+        found[(f"{module}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5
+    return found
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle that names a global a CIFAR batch never holds."""
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler for plain data (dict, list, bytes, str, numbers) and numpy arrays only."""
+
+    _allowed = _array_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self._allowed.get((module, name))
+        if found is None:
+            raise _Refused(f"it refers to {module}.{name}, which a CIFAR batch never holds")
+        return found
 
 
 def _images(batch: dict[bytes, object], name: str) -> np.ndarray:

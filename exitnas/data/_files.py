@@ -11,8 +11,8 @@ import hashlib
 import io
 import os
 import tarfile
-import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from exitnas._errors import UserError
+from exitnas._io import atomic_write
 from exitnas.data._splits import DATASETS, DataConfig, ImageSplits, make_splits
 
 __all__ = ["find_cifar10_jpeg", "load_cifar10_jpeg", "load_image_folder"]
@@ -232,31 +233,22 @@ def _cached(path: Path, decode: Callable[[], _Decoded]) -> _Decoded:
             with np.load(path, allow_pickle=False) as z:
                 classes = tuple(str(c) for c in z["classes"])
                 return _Decoded(z["train_x"], z["train_y"], z["test_x"], z["test_y"], classes)
-        except (OSError, ValueError, KeyError, EOFError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # a damaged cache is decoded again and overwritten
-    decoded = decode()
+    d = decode()
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: given a name, savez would append .npz to it
+            np.savez(f, train_x=d.train_x, train_y=d.train_y, test_x=d.test_x, test_y=d.test_y,
+                     classes=np.array(d.classes))
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write to a temporary name and rename, so a crash never leaves half a cache.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    train_x=decoded.train_x,
-                    train_y=decoded.train_y,
-                    test_x=decoded.test_x,
-                    test_y=decoded.test_y,
-                    classes=np.array(decoded.classes),
-                )
-            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the cache from other users
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        # Written to a temporary name and renamed, so a crash never leaves half a cache; a
+        # killed writer's temporary file is removed by the next run's write.
+        atomic_write(path, write)
     except OSError as exc:  # a read-only data folder still works, just without a cache
         warnings.warn(f"could not write the dataset cache {path}: {exc}; set data.cache_dir", stacklevel=2)
-    return decoded
+    return d
 
 
 def _splits_of(name: str, decoded: _Decoded, cfg: DataConfig) -> ImageSplits:

@@ -8,6 +8,7 @@ from exitnas.evaluators._evaluator import TRAIN_CACHE_IMAGES, Evaluator, fit_sub
 from exitnas.evaluators._latency import LatencyTable, profile_space
 from exitnas.evaluators._policy import ExitPolicy, PolicyResult, check_thresholds, read_thresholds
 from exitnas.evaluators._protocols import (
+    CLOSED,
     DEFAULT_P_SWEEP,
     CurvePoint,
     anytime,
@@ -28,6 +29,7 @@ __all__ = [
     "EXIT_RULES",
     "bof_thresholds",
     "fit_bof_beta",
+    "CLOSED",
     "DEFAULT_P_SWEEP",
     "CurvePoint",
     "Evaluator",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,8 +123,8 @@ class ExitCacheStore:
             return self._mem[key]
         path = self._path(arch, split, kind)
         if path is not None and path.is_file():
-            cache = ExitCache.load(path)
-            if cache.arch == arch:
+            cache = _load_or_warn(path, arch, kind)
+            if cache is not None:
                 self._mem[key] = cache
                 return cache
         return None
@@ -138,3 +139,35 @@ class ExitCacheStore:
         return len(self._mem)
 
 
+
+
+def _load_or_warn(path: Path, arch: ArchConfig, kind: str) -> ExitCache | None:
+    """The cache stored at ``path`` if it is a sound cache of ``arch``; else None and a warning
+    (the caller computes it again and overwrites the file: a cache is never worth a crash)."""
+    try:
+        cache = ExitCache.load(path)
+        problem = _cache_problem(cache, arch, kind)
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways; any of them is a miss
+        problem = f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    if problem is None:
+        return cache
+    warnings.warn(f"exit cache {path} is {problem}; computing it again", stacklevel=3)
+    return None
+
+
+def _cache_problem(cache: ExitCache, arch: ArchConfig, kind: str) -> str | None:
+    """Why a loaded cache cannot stand for ``arch`` (None: it can)."""
+    if cache.arch != arch or cache.kind != kind:
+        return "of another arch or confidence"
+    k = arch.num_exits
+    conf, correct, macs = cache.confidence, cache.correct, cache.macs
+    if conf.ndim != 2 or conf.shape[0] != k or correct.shape != conf.shape or macs.shape != (k,):
+        return "of the wrong shape"
+    if conf.dtype.kind != "f" or correct.dtype != np.bool_ or macs.dtype.kind not in "fiu":
+        return "of the wrong types"
+    if not (np.all((conf >= 0) & (conf <= 1)) and np.all(np.isfinite(macs)) and np.all(macs >= 0)):
+        return "out of range (confidence outside [0, 1] or bad MACs)"
+    extra = cache.extra_macs
+    if extra is not None and (extra.shape != conf.shape or not np.all(np.isfinite(extra))):
+        return "of the wrong shape (extra MACs)"
+    return None

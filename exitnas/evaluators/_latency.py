@@ -146,12 +146,34 @@ class LatencyTable:
         try:
             if fmt != LUT_FORMAT:
                 raise ValueError("format")
-            return cls(d["entries"], d["space"], int(d["image_size"]), d["device"], d["device_name"],
-                       d["torch_version"], d["date"], d.get("stat", "median_ms"), float(d["context_factor"]),
-                       str(d["runtime"]))
+            table = cls(d["entries"], d["space"], int(d["image_size"]), d["device"], d["device_name"],
+                        d["torch_version"], d["date"], d.get("stat", "median_ms"), float(d["context_factor"]),
+                        str(d["runtime"]))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UserError(f"latency table {p} is not an exitnas latency table; "
                             "make one with exitnas profile") from None
+        problem = table._problem()
+        if problem:
+            raise UserError(f"latency table {p} {problem}; make it again with exitnas profile")
+        return table
+
+    def _problem(self) -> str | None:
+        """What makes a loaded table unusable (None: nothing): every entry's statistic must be a
+        finite, non-negative number of ms, and the in-context factor a finite positive one."""
+        if not isinstance(self.entries, dict) or not isinstance(self.space, dict):
+            return "has no entries or no space"
+        for key, entry in self.entries.items():
+            value = entry.get(self.stat) if isinstance(entry, dict) else None
+            if not _is_ms(value):
+                return f"has a bad {self.stat} for {key!r} ({value!r}; expected a number of ms ≥ 0)"
+        if not (_is_ms(self.context_factor) and self.context_factor > 0) or self.image_size <= 0:
+            return f"has a bad context_factor ({self.context_factor!r}) or image_size ({self.image_size!r})"
+        return None
+
+
+def _is_ms(value: Any) -> bool:
+    """A finite, non-negative number (not a bool, not a string of digits)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
 
 
 def _device_name(device: torch.device) -> str:

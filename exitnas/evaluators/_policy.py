@@ -35,7 +35,12 @@ class PolicyResult:
 
 
 def check_thresholds(thresholds: np.ndarray | list[float] | tuple[float, ...], num_exits: int) -> np.ndarray:
-    """As a T×(K-1) float array; wrong length or values outside [0, 1] → :class:`UserError`."""
+    """As a T×(K-1) float array; wrong length or values outside [0, 1] → :class:`UserError`.
+
+    +inf is allowed too: it closes its exit ("confidence ≥ inf" never holds, not even at
+    confidence 1.0, which a threshold of 1.0 lets out). The budgeted-batch fit closes an exit
+    whose quota is 0 this way.
+    """
     t = np.asarray(thresholds, dtype=np.float64)
     if t.ndim == 1:
         t = t[None, :]
@@ -43,8 +48,8 @@ def check_thresholds(thresholds: np.ndarray | list[float] | tuple[float, ...], n
         got = t.shape[-1] if t.ndim else 0
         raise UserError(f"got {got} thresholds for an arch with {num_exits} exits; "
                         f"give one per non-final exit ({num_exits - 1})")
-    if not np.all((t >= 0) & (t <= 1)):
-        raise UserError("thresholds must lie in [0, 1]")
+    if not np.all(((t >= 0) & (t <= 1)) | (t == np.inf)):
+        raise UserError("thresholds must lie in [0, 1] (or be inf: a closed exit)")
     return t
 
 

@@ -9,9 +9,11 @@ import numpy as np
 from exitnas.evaluators._cache import ExitCache
 from exitnas.evaluators._policy import ExitPolicy, PolicyResult
 
-__all__ = ["DEFAULT_P_SWEEP", "CurvePoint", "anytime", "budgeted_batch", "fit_budgeted_thresholds", "fit_to_budget",
-           "oracle", "target_shares"]
+__all__ = ["CLOSED", "DEFAULT_P_SWEEP", "CurvePoint", "anytime", "budgeted_batch", "fit_budgeted_thresholds",
+           "fit_to_budget", "oracle", "target_shares"]
 
+#: The threshold of a closed exit: no confidence (all lie in [0, 1]) reaches it.
+CLOSED = float("inf")
 #: Huang et al. sweep p over (0, 2]; p < 1 sends more samples to early exits.
 DEFAULT_P_SWEEP: tuple[float, ...] = tuple(np.round(np.linspace(0.05, 2.0, 40), 4))
 
@@ -40,28 +42,29 @@ def target_shares(p: float, num_exits: int) -> np.ndarray:
 
 
 def fit_budgeted_thresholds(val: ExitCache, p: float) -> np.ndarray:
-    """Thresholds that send ⌊N·q_k⌋ validation samples out at exit k, exit by exit.
+    """Thresholds that send ⌊N·q_k⌋ validation samples out at exit k, exit by exit, as MSDNet's
+    dynamic evaluation fits them (``dynamic_eval_find_threshold``, Huang et al. 2018).
 
-    At exit k the samples still in the network are sorted by confidence and the top
-    ⌊N·q_k⌋ leave; the threshold is the lowest confidence among them (ties may let a
-    few more leave). An exit that should let nobody leave gets a threshold just above every
-    remaining confidence (capped at 1.0).
+    At exit k the samples not yet placed are sorted by confidence and the ⌊N·q_k⌋-th one's
+    confidence is the threshold; every unplaced sample at or above it leaves (ties may let a
+    few more leave) and is removed from those still to place. An exit whose quota is 0, or
+    larger than the samples left (after ties at earlier exits), is *closed*: its threshold is
+    :data:`CLOSED` (+inf), so no sample leaves there, on val or on any other split, whatever its
+    confidence (a sample at confidence 1.0 included). MSDNet writes 1e8 for the same purpose.
     """
     n, k = val.num_samples, val.num_exits
     q = target_shares(p, k)
-    remaining = np.ones(n, dtype=bool)
-    thresholds = np.ones(k - 1)
+    placed = np.zeros(n, dtype=bool)
+    thresholds = np.full(k - 1, CLOSED)
     for j in range(k - 1):
         want = int(np.floor(n * q[j]))
-        conf = val.confidence[j][remaining]
-        if want <= 0 or conf.size == 0:
-            # Nobody should leave: a threshold above every remaining confidence.
-            thresholds[j] = min(1.0, float(np.nextafter(conf.max(), 2.0))) if conf.size else 1.0
-            continue
-        want = min(want, conf.size)
-        cut = float(np.sort(conf)[::-1][want - 1])
-        thresholds[j] = cut
-        remaining &= ~(val.confidence[j] >= cut)
+        unplaced = np.flatnonzero(~placed)
+        if want <= 0 or want > unplaced.size:
+            continue  # closed: MSDNet's count never reaches its quota, its threshold stays 1e8
+        conf = val.confidence[j]
+        order = unplaced[np.argsort(-conf[unplaced], kind="stable")]
+        thresholds[j] = float(conf[order[want - 1]])
+        placed |= conf >= thresholds[j]
     return thresholds
 
 

@@ -17,7 +17,7 @@ from exitnas.results._evaluate import (
     static_largest_arch,
 )
 from exitnas.results._evaluate_arch import evaluate_arch, read_arch
-from exitnas.results._export import ExportResult, export_trial, load_trial, write_export
+from exitnas.results._export import ExportResult, check_export_out, export_trial, load_trial, write_export
 from exitnas.results._export_eval import (
     ExportCurves,
     ExportEvaluation,
@@ -54,6 +54,7 @@ __all__ = [
     "TrialRecord",
     "VAL_GAP_WARN",
     "build_report",
+    "check_export_out",
     "choose_trial",
     "default_out_dir",
     "evaluate_arch",

@@ -15,13 +15,14 @@ import torch
 from safetensors.torch import save_file
 
 from exitnas._errors import UserError
-from exitnas._io import atomic_write
+from exitnas._io import atomic_write, check_output_dir
 from exitnas.experiment import Experiment
 from exitnas.results._export_eval import split_metrics
 from exitnas.runtime import EXPORT_FORMAT, AllExits, EarlyExitModel, deploy_model, sha256_file
 from exitnas.search_space import ArchConfig, Candidate, StaticNet
 
-__all__ = ["ExportResult", "export_trial", "library_versions", "load_trial", "write_export"]
+__all__ = ["EXPORT_FILES", "ExportResult", "check_export_out", "export_trial", "library_versions", "load_trial",
+           "write_export"]
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,9 @@ def library_versions() -> dict[str, str]:
 
 def load_trial(storage: str, study_name: str, number: int | None) -> tuple[optuna.Study, optuna.trial.FrozenTrial]:
     """A COMPLETE trial of a stored study (``None``: the report's choice, CHOICE_RULE)."""
-    from exitnas._storage import open_storage
+    from exitnas.results._front import open_study
 
-    try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage, heartbeat=False))
-    except KeyError:
-        raise UserError(f"no study named {study_name!r} in {storage}") from None
+    study = open_study(storage, study_name)  # a read: a missing database is not created
     complete = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
     if not complete:
         raise UserError(f"study {study_name!r} has no complete trial yet; run exitnas search first")
@@ -64,13 +62,18 @@ def load_trial(storage: str, study_name: str, number: int | None) -> tuple[optun
 
 
 def export_trial(storage: str, study_name: str, number: int | None, out: str | Path,
-                 checkpoint: str | None = None, onnx: bool = True, device: str | None = None) -> ExportResult:
+                 checkpoint: str | None = None, onnx: bool = True, device: str | None = None,
+                 force: bool = False) -> ExportResult:
     """Export one trial: its candidate, the inherited weights recalibrated as the search did
-    (on the experiment's device), the metrics on val and test, and provenance."""
+    (on the experiment's device), the metrics on val and test, and provenance.
+
+    An ``out`` that already holds an export is refused unless ``force`` (see :func:`check_export_out`).
+    """
     from exitnas.results._evaluate import trial_candidate
     from exitnas.results._front import load_front
 
     study, trial = load_trial(storage, study_name, number)
+    check_export_out(out, force)
     exp = Experiment.from_study(study.user_attrs, study_name, checkpoint, device=device)
     cand = trial_candidate(load_front(storage, study_name), trial.number, exp.evaluator)
     net = exp.evaluator.subnet(cand.arch)
@@ -101,6 +104,20 @@ def export_metrics(exp: Experiment, cand: Candidate, exit_ms: list[float] | None
     return {split: split_metrics(cache, cand.thresholds, exit_ms) for split, cache in caches.items()}
 
 
+#: The files an export folder holds (``arch.json`` names the others and is written last).
+EXPORT_FILES = ("arch.json", "weights.safetensors", "model.torchscript.pt", "model.onnx")
+
+
+def check_export_out(out: str | Path, force: bool = False) -> Path:
+    """``out`` can be written, and holds no export (of any completeness) unless ``force``."""
+    d = check_output_dir(out, "--out")
+    found = [name for name in EXPORT_FILES if (d / name).exists()]
+    if found and not force:
+        raise UserError(f"--out {d} already holds an export ({found[0]}); choose another folder, or replace it "
+                        "with --force")
+    return d
+
+
 def write_export(out: str | Path, net: StaticNet, meta: dict[str, Any], mean: list[float], std: list[float],
                  input_shape: tuple[int, ...], onnx: bool = True) -> ExportResult:
     """Write weights, TorchScript, ONNX and ``arch.json`` (``meta`` + file hashes) into ``out``.
@@ -112,6 +129,10 @@ def write_export(out: str | Path, net: StaticNet, meta: dict[str, Any], mean: li
     net = net.cpu().eval().requires_grad_(False)
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
+    # An old export's files go first, arch.json before the rest: a write killed halfway leaves
+    # a folder without arch.json (incomplete, and seen to be), never an old arch.json beside new files.
+    for name in EXPORT_FILES:
+        (d / name).unlink(missing_ok=True)
     model = EarlyExitModel(net, thresholds, mean, std, meta.get("confidence", "maxprob")).eval()
     weights = d / "weights.safetensors"
     state_dict = {k: v.contiguous() for k, v in net.state_dict().items()}

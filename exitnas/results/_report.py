@@ -100,7 +100,11 @@ def build_report(storage_url: str, study_name: str | None, checkpoint: str | Pat
         UserError: Bad URL, unknown study, no complete trial, a trial not in the study,
             a missing or foreign checkpoint.
     """
+    from exitnas._io import atomic_write_bytes, check_output_dir
+
     front = load_front(storage_url, study_name)
+    out = check_output_dir(out_dir if out_dir is not None else default_out_dir(storage_url, front.study_name),
+                           "--out")
     chosen = ev.choose_trial(front, trial)
     exp = Experiment.from_study(front.study_user_attrs, front.study_name, checkpoint, device=device)
     evaluator, ckpt = exp.evaluator, exp.checkpoint
@@ -116,9 +120,6 @@ def build_report(storage_url: str, study_name: str | None, checkpoint: str | Pat
         "progress": plot_progress(progress, front.cost_unit),
     }
 
-    from exitnas._io import atomic_write_bytes
-
-    out = Path(out_dir) if out_dir is not None else default_out_dir(storage_url, front.study_name)
     fig_paths = {}
     for name, fig in figures.items():
         fig_paths[name] = out / "figures" / f"{name}.html"

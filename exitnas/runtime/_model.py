@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any, List, Tuple
 
@@ -108,18 +109,16 @@ def load_export(directory: str | Path) -> tuple[EarlyExitModel, dict[str, Any]]:
         thresholds = [float(t) for t in meta["thresholds"]]
         mean, std = [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
         kind = str(meta.get("confidence", "maxprob"))
-        weights_name, weights_hash = meta["files"]["weights"]["name"], meta["files"]["weights"]["sha256"]
+        weights = d / meta["files"]["weights"]["name"]
+        _check_metrics(meta["metrics"])
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, UserError):
             raise UserError(f"{meta_path}: {e}") from None
         raise UserError(f"{meta_path} is missing or has a malformed field ({e}); re-export the trial") from None
-    if len(thresholds) != arch.num_exits - 1 or not all(0.0 <= t <= 1.0 for t in thresholds):
-        raise UserError(f"{meta_path}: thresholds must be {arch.num_exits - 1} numbers in [0, 1]")
-    weights = d / weights_name
-    if not weights.is_file():
-        raise UserError(f"{weights} does not exist; re-export the trial")
-    if sha256_file(weights) != weights_hash:
-        raise UserError(f"{weights} does not match its sha256 in {meta_path.name}; the file was changed or corrupted")
+    # +inf closes an exit (the budgeted-batch fit's closed exits, see evaluators.CLOSED).
+    if len(thresholds) != arch.num_exits - 1 or not all(0.0 <= t <= 1.0 or t == math.inf for t in thresholds):
+        raise UserError(f"{meta_path}: thresholds must be {arch.num_exits - 1} numbers in [0, 1] (or inf)")
+    _check_files(meta, d, meta_path)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
@@ -131,3 +130,28 @@ def load_export(directory: str | Path) -> tuple[EarlyExitModel, dict[str, Any]]:
         raise UserError(f"{weights} does not fit the arch in {meta_path.name} ({str(e).splitlines()[0]})") from None
     net.requires_grad_(False)  # an inference model
     return EarlyExitModel(net.eval(), thresholds, mean, std, kind).eval(), meta
+
+
+def _check_metrics(metrics: Any) -> None:
+    """An export's ``metrics``: accuracy and expected MMACs on val and test (retraining reads them)."""
+    for split in ("val", "test"):
+        m = metrics[split]
+        if not all(isinstance(m[k], (int, float)) for k in ("accuracy", "expected_mmacs")):
+            raise TypeError(f"metrics.{split} must hold numbers")
+
+
+def _check_files(meta: dict[str, Any], d: Path, meta_path: Path) -> None:
+    """Every file ``arch.json`` lists exists beside it and has its recorded SHA-256."""
+    files = meta["files"]
+    for role, entry in files.items():
+        try:
+            name, digest = str(entry["name"]), str(entry["sha256"])
+        except (KeyError, TypeError):
+            raise UserError(f"{meta_path}: files.{role} has no name or sha256; re-export the trial") from None
+        path = d / name
+        if Path(name).name != name:  # a name like ../x would reach outside the export folder
+            raise UserError(f"{meta_path}: files.{role} names {name!r}, not a file of the export folder")
+        if not path.is_file():
+            raise UserError(f"{path} does not exist; re-export the trial")
+        if sha256_file(path) != digest:
+            raise UserError(f"{path} does not match its sha256 in {meta_path.name}; the file was changed or corrupted")

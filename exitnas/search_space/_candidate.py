@@ -54,8 +54,9 @@ class Candidate:
 
     Attributes:
         arch: The subnet.
-        thresholds: One confidence threshold per non-final exit, in [0, 1] (the bag-of-features
-            rule's thresholds are already β × the exits' mean training confidence).
+        thresholds: One confidence threshold per non-final exit, in [0, 1], or +inf for an exit
+            that takes no image (the bag-of-features rule's thresholds are already β × the exits'
+            mean training confidence).
         confidence: ``maxprob`` or ``entropy``.
         exit_rule: ``threshold`` (each threshold searched) or ``bof`` (one β searched).
         measured: Accuracy and expected cost on val, as the search stored them (None before measuring).
@@ -71,8 +72,9 @@ class Candidate:
         if len(self.thresholds) != self.arch.num_exits - 1:
             raise UserError(f"a candidate with {self.arch.num_exits} exits needs {self.arch.num_exits - 1} "
                             f"thresholds, got {len(self.thresholds)}")
-        if not all(isinstance(t, float) and math.isfinite(t) and 0.0 <= t <= 1.0 for t in self.thresholds):
-            raise UserError(f"thresholds must be numbers in [0, 1], got {list(self.thresholds)}")
+        # +inf closes an exit (MSDNet's budgeted batch gives an exit with no quota no image).
+        if not all(isinstance(t, float) and (0.0 <= t <= 1.0 or t == math.inf) for t in self.thresholds):
+            raise UserError(f"thresholds must lie in [0, 1] (or be inf: a closed exit), got {list(self.thresholds)}")
         if self.confidence not in CONFIDENCES:
             raise UserError(f"unknown confidence {self.confidence!r}; known: {', '.join(CONFIDENCES)}")
 

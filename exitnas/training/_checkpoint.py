@@ -12,7 +12,7 @@ from exitnas._errors import UserError
 from exitnas._io import atomic_write, atomic_write_bytes
 from exitnas.search_space import SearchSpace
 
-__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "check_space"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "atomic_write_bytes", "check_recipe", "check_space"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -46,7 +46,29 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "space" not in state:
         raise UserError(f"checkpoint {p} is not an exitnas supernet checkpoint")
+    problem = _contents_problem(state)
+    if problem:
+        raise UserError(f"checkpoint {p} is damaged: {problem}; train it again (exitnas train)")
     return state
+
+
+def _contents_problem(state: dict[str, Any]) -> str | None:
+    """What a loaded checkpoint lacks for every command that reads one (None: nothing)."""
+    model = state.get("model")
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        return "no 'model' weights"
+    if not isinstance(state.get("config"), dict):
+        return "no 'config' section"
+    if not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool):
+        return "no 'step' count"
+    space = state.get("space")
+    try:
+        if not isinstance(space, dict):
+            raise TypeError("not a mapping")
+        SearchSpace.from_dict(space)
+    except (TypeError, ValueError) as e:  # UserError is a ValueError
+        return f"its 'space' is malformed ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+    return None
 
 
 def _load_failure(e: Exception) -> str:
@@ -73,3 +95,33 @@ def check_space(state: dict[str, Any], space: SearchSpace, path: str | Path) -> 
             f"checkpoint {path} is of another search space ({k}: {theirs.get(k)} there, {ours.get(k)} here); "
             "use the config it was trained with"
         )
+
+
+#: Settings that do not change what training computes: a resumed run may change them.
+_NOT_RECIPE = {"train": {"out", "progress", "checkpoint_every", "device"}, "data": {"root", "cache_dir"}}
+
+
+def check_recipe(state: dict[str, Any], config: dict[str, Any], path: str | Path) -> None:
+    """Raise a :class:`UserError` naming the first ``train``/``data`` setting of ``config`` (a
+    config as a dict of sections) that differs from the one the checkpoint was trained with.
+
+    Resuming with another batch size, learning rate, seed or length would give a run that is
+    neither the old recipe nor the new one. A setting the checkpoint predates is not compared.
+    """
+    theirs = state.get("config", {})
+    for section, skip in _NOT_RECIPE.items():
+        old, new = theirs.get(section) or {}, config.get(section) or {}
+        for key in sorted(set(old) & set(new) - skip):
+            if old[key] != new[key]:
+                raise UserError(f"--resume: {section}.{key} is {new[key]!r} here but {path} was trained with "
+                                f"{old[key]!r}; resume with the same recipe, or train anew with --force")
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """``module.load_state_dict(state["model"])``; weights that do not fit → :class:`UserError`."""
+    try:
+        module.load_state_dict(state["model"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise UserError(f"checkpoint {path}: its weights do not fit its search space ({first}); "
+                        "train it again") from None

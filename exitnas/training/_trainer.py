@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 
 from exitnas._config import EXIT_SETS, ExperimentConfig, TrainConfig
 from exitnas._errors import UserError
+from exitnas._io import check_output_dir
 from exitnas.data import GpuBatchLoader, ImageSplits, load_dataset
 from exitnas.search_space import ROUTINGS, ArchConfig, SearchSpace, Supernet, build_space
-from exitnas.training._checkpoint import check_space, load_checkpoint, save_checkpoint
+from exitnas.training._checkpoint import check_recipe, check_space, load_checkpoint, load_weights, save_checkpoint
 from exitnas.training._dist import (
     average_buffers,
     average_gradients,
@@ -102,6 +103,7 @@ def train_supernet(
     resume: bool = False,
     stop_at_step: int | None = None,
     splits: ImageSplits | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Train the supernet of ``cfg`` and write ``<train.out>/supernet.pt``.
 
@@ -110,8 +112,15 @@ def train_supernet(
         resume: Continue from ``<train.out>/supernet.pt`` if it exists.
         stop_at_step: Stop (with a checkpoint) after this many steps, as an interruption would.
         splits: Already loaded data (else loaded from ``cfg.data``).
+        force: Train anew over an existing checkpoint (without it, and without ``resume``, an
+            existing checkpoint is refused: nothing finished is overwritten unasked).
+
+    Raises:
+        UserError: ``train.out`` cannot be written, holds a checkpoint and neither ``resume``
+            nor ``force`` is given, or (``resume``) holds one of another space or recipe.
     """
     _check_options(cfg.train)
+    _check_out(cfg.train.out, resume, force)
     run = _Run.open(cfg, splits)
     step = run.resume() if resume and run.ckpt_path.exists() else 0
     broadcast_parameters(run.model, run.info)
@@ -120,6 +129,13 @@ def train_supernet(
         (run.ckpt_path.parent / "config.yaml").write_text(cfg.to_yaml())
     end = run.total if stop_at_step is None else min(run.total, stop_at_step)
     return run.loop(step, end)
+
+
+def _check_out(out: str, resume: bool, force: bool) -> None:
+    """``out`` is a writable folder, and its checkpoint (if any) is resumed or replaced only if asked."""
+    ckpt = check_output_dir(out, "train.out") / CHECKPOINT_NAME
+    if ckpt.exists() and not (resume or force):
+        raise UserError(f"{ckpt} exists; continue it with --resume, or train anew over it with --force")
 
 
 def _check_options(tc: TrainConfig) -> None:
@@ -172,7 +188,12 @@ class _Run:
         """Load the checkpoint's model, optimiser, schedule and RNG states; return its step."""
         state = load_checkpoint(self.ckpt_path, map_location=self.device)
         check_space(state, self.space, self.ckpt_path)
-        self.model.load_state_dict(state["model"])
+        check_recipe(state, yaml.safe_load(self.cfg.to_yaml()), self.ckpt_path)
+        missing = [k for k in ("optimizer", "scheduler", "rng") if k not in state]
+        if missing:
+            raise UserError(f"checkpoint {self.ckpt_path} has no {missing[0]!r} state to resume from; "
+                            "train anew with --force")
+        load_weights(self.model, state, self.ckpt_path)
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         # RNG states are CPU byte tensors whatever map_location moved them to.
@@ -284,5 +305,5 @@ def load_supernet(path: str | Path, space: SearchSpace | None = None,
     if space is not None:
         check_space(state, space, path)
     model = Supernet(sp)
-    model.load_state_dict(state["model"])
+    load_weights(model, state, path)
     return model.to(map_location).eval(), state

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from exitnas.evaluators import (
+    CLOSED,
     DEFAULT_P_SWEEP,
     ExitCache,
     ExitPolicy,
@@ -131,8 +132,9 @@ def test_fit_hits_target_shares_without_ties(random_cache: Any, k: int, n: int, 
     val = random_cache(rng, k, n, ties=False)
     assert all(len(np.unique(row)) == n for row in val.confidence)  # no ties
     t = fit_budgeted_thresholds(val, p)
-    assert t.shape == (k - 1,) and np.all((t >= 0) & (t <= 1))
     want = np.floor(n * target_shares(p, k)).astype(int)
+    # in [0, 1], except a closed exit (quota 0): +inf, which no confidence reaches
+    assert t.shape == (k - 1,) and np.all(np.where(want[:-1] == 0, t == CLOSED, (t >= 0) & (t <= 1)))
     hist = ExitPolicy(val).evaluate(t).histogram[0]
     assert hist[:-1].tolist() == want[:-1].tolist()
     assert hist[-1] == n - want[:-1].sum()
@@ -153,3 +155,73 @@ def test_budgeted_batch_rejects_different_archs(val_cache: ExitCache, make_cache
                        arch=chain_arch(3).replace(widths=(0.5,)))
     with pytest.raises(ValueError, match="different archs"):
         budgeted_batch(val_cache, other)
+
+
+# -- MSDNet's protocol at its edges (dynamic_eval_find_threshold / dynamic_eval_with_threshold) ----------
+
+
+def test_a_closed_exit_takes_no_image_on_val_or_test(make_cache: Any) -> None:
+    # p = 2, K = 3, N = 4: q = (1, 2, 4)/7 → ⌊4q⌋ = (0, 1, 2): exit 0 is closed
+    val = make_cache([[0.875, 0.75, 0.625, 0.5], [0.125, 0.25, 0.375, 0.5], [0.5] * 4], np.ones((3, 4)), [1, 2, 4])
+    t = fit_budgeted_thresholds(val, 2.0)
+    assert t.tolist() == [CLOSED, 0.5]
+    assert ExitPolicy(val).evaluate(t).histogram.tolist() == [[0, 1, 3]]
+    # test images far above anything val saw at exit 0, even certain ones, still do not leave there
+    test = make_cache([[1.0, 1.0, 0.99, 0.95], [0.5, 0.75, 0.25, 0.125], [0.5] * 4], np.ones((3, 4)), [1, 2, 4],
+                      arch=val.arch)
+    (pt,) = budgeted_batch(val, test, (2.0,))
+    assert pt.histogram == (0, 2, 2)
+    assert pt.macs == pytest.approx((2 + 2 + 4 + 4) / 4)
+
+
+def test_images_at_confidence_one_stay_at_a_closed_exit(make_cache: Any) -> None:
+    # ⌊4q_0⌋ = 0 at p = 2, and every val image is certain at exit 0: none may leave there
+    val = make_cache([[1.0] * 4, [1.0, 0.25, 0.375, 0.5], [0.5] * 4], np.ones((3, 4)), [1, 2, 4])
+    t = fit_budgeted_thresholds(val, 2.0)
+    assert t[0] == CLOSED and t[1] == 1.0  # exit 1's quota of 1 is the image at 1.0
+    assert ExitPolicy(val).evaluate(t).histogram.tolist() == [[0, 1, 3]]
+
+
+def test_images_at_confidence_one_are_placed_like_any_other(make_cache: Any) -> None:
+    # p = 1, K = 3, N = 6: quotas (2, 2); at exit 0 three images tie at 1.0: all three leave
+    # (MSDNet's ≥ threshold), and exit 1 fills its quota from the three left, not from all six
+    conf = [[1.0, 1.0, 1.0, 0.5, 0.375, 0.25], [1.0, 1.0, 1.0, 0.125, 0.875, 0.75], [0.5] * 6]
+    val = make_cache(conf, np.ones((3, 6)), [1, 2, 4])
+    t = fit_budgeted_thresholds(val, 1.0)
+    assert t.tolist() == [1.0, 0.75]
+    assert ExitPolicy(val).evaluate(t).histogram.tolist() == [[3, 2, 1]]
+
+
+def test_images_that_left_are_removed_from_those_to_place(make_cache: Any) -> None:
+    # quotas (2, 2) of N = 6; the two most confident at exit 1 (0.9375, 0.875) already left at
+    # exit 0, so exit 1's threshold is the 2nd highest among the four still there (0.5), not 0.875
+    conf = [[0.875, 0.75, 0.125, 0.25, 0.375, 0.5], [0.9375, 0.875, 0.5, 0.625, 0.125, 0.25], [0.5] * 6]
+    val = make_cache(conf, np.ones((3, 6)), [1, 2, 4])
+    t = fit_budgeted_thresholds(val, 1.0)
+    assert t.tolist() == [0.75, 0.5]
+    assert ExitPolicy(val).evaluate(t).histogram.tolist() == [[2, 2, 2]]
+
+
+def test_an_exit_whose_quota_ties_used_up_is_closed(make_cache: Any) -> None:
+    # p = 1, K = 3, N = 3: quotas (1, 1); all three tie at exit 0, so all leave there and exit 1
+    # has no image left to reach its quota: MSDNet leaves its threshold at 1e8 (closed)
+    val = make_cache([[0.75] * 3, [0.875, 0.75, 0.625], [0.5] * 3], np.ones((3, 3)), [1, 2, 4])
+    t = fit_budgeted_thresholds(val, 1.0)
+    assert t.tolist() == [0.75, CLOSED]
+    test = make_cache([[0.125] * 3, [1.0, 0.875, 0.75], [0.5] * 3], np.ones((3, 3)), [1, 2, 4], arch=val.arch)
+    assert ExitPolicy(test).evaluate(t).histogram.tolist() == [[0, 0, 3]]
+
+
+def test_closed_thresholds_are_accepted_and_work_in_every_method(random_cache: Any) -> None:
+    from exitnas.evaluators import check_thresholds, read_thresholds
+
+    cache = random_cache(np.random.default_rng(0), 3, 200)
+    t = np.array([[CLOSED, 0.5]] * 70 + [[0.5, CLOSED]] * 70)
+    dense, bitset = (ExitPolicy(cache).evaluate(t, method=m) for m in ("dense", "bitset"))
+    assert dense.histogram.tolist() == bitset.histogram.tolist()
+    assert (dense.histogram[:70, 0] == 0).all() and (dense.histogram[70:, 1] == 0).all()
+    assert read_thresholds("inf,0.5", 3).tolist() == [CLOSED, 0.5]
+    with pytest.raises(ValueError, match=r"\[0, 1\] \(or be inf"):
+        check_thresholds([1.5, 0.5], 3)
+    with pytest.raises(ValueError):
+        check_thresholds([-np.inf, 0.5], 3)

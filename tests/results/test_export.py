@@ -164,3 +164,38 @@ def test_export_bad_input(searched, tmp_path: Path) -> None:  # type: ignore[no-
         proc = _cli("export", "--storage", searched.storage, *args, "--out", str(tmp_path / "x"))
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().startswith("exitnas: error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_an_existing_export_is_not_overwritten_unasked(tiny_export, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from exitnas.results import check_export_out
+
+    d = tiny_export(tmp_path / "export")
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    with pytest.raises(UserError, match=r"already holds an export \(arch\.json\).*--force"):
+        check_export_out(d)
+    assert check_export_out(d, force=True) == d
+    assert check_export_out(tmp_path / "new") == tmp_path / "new" and not (tmp_path / "new").exists()
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "weights.safetensors").write_bytes(b"x")  # what a killed export leaves
+    with pytest.raises(UserError, match=r"weights\.safetensors"):
+        check_export_out(tmp_path / "half")
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+
+
+def test_a_killed_re_export_leaves_no_old_arch_json(tiny_export, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """arch.json names the files and is written last; an old one is removed first, so a re-export
+    that dies halfway leaves a folder without arch.json, never an old one beside new weights."""
+    import exitnas.results._export as export_module
+
+    d = tiny_export(tmp_path / "export")
+    assert (d / "arch.json").is_file()
+
+    def killed(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "deploy_model", killed)  # dies after the weights are written
+    with pytest.raises(KeyboardInterrupt):
+        tiny_export(d)
+    assert sorted(p.name for p in d.iterdir()) == ["weights.safetensors"]
+    with pytest.raises(UserError, match="arch.json does not exist"):
+        load_export(d)

@@ -53,7 +53,8 @@ def test_candidate_checks_its_thresholds(trained: Any) -> None:
     arch = trained.space.largest()
     k = arch.num_exits - 1
     assert Candidate(arch, (0.5,) * k).cost_unit == "MMACs"
-    for bad in ((0.5,) * (k + 1), (1.5,) + (0.5,) * (k - 1), (float("nan"),) * k):
+    assert Candidate(arch, (float("inf"),) + (0.5,) * (k - 1)).thresholds[0] == float("inf")  # a closed exit
+    for bad in ((0.5,) * (k + 1), (1.5,) + (0.5,) * (k - 1), (float("nan"),) * k, (-float("inf"),) * k):
         with pytest.raises(UserError):
             Candidate(arch, bad)
     with pytest.raises(UserError, match="confidence"):

@@ -218,3 +218,47 @@ def test_sandwich_exit_sets_follow_the_combiner() -> None:
     sets = {a.exits for step in range(20) for a in sandwich_archs(boost, 2, 0, step)}
     assert len(sets) > 5
     assert any(len(a.exits) < len(a.block_positions()) for s in range(20) for a in sandwich_archs(boost, 2, 0, s))
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_an_existing_checkpoint_is_not_overwritten_unasked(tmp_path: Path, splits: ImageSplits) -> None:
+    out = tmp_path / "run"
+    cfg = _cfg(out, splits, 2)
+    train_supernet(cfg, splits=splits)
+    before = _tree(out)
+    with pytest.raises(UserError, match=r"supernet\.pt exists; continue it with --resume, or .* --force"):
+        train_supernet(cfg, splits=splits)
+    assert _tree(out) == before
+    again = train_supernet(_cfg(out, splits, 1), splits=splits, force=True)
+    assert again.steps == 1 and load_checkpoint(again.checkpoint)["step"] == 1
+
+
+@pytest.mark.parametrize(("key", "value"), [("train.lr", "0.05"), ("train.batch_size", "32"), ("train.seed", "1"),
+                                            ("train.sandwich_random", "0"), ("train.label_smoothing", "0.1"),
+                                            ("data.val_size", "0.2"), ("data.seed", "4")])
+def test_resume_refuses_a_changed_recipe(tmp_path: Path, splits: ImageSplits, key: str, value: str) -> None:
+    out = tmp_path / "run"
+    train_supernet(_cfg(out, splits, 4), splits=splits, stop_at_step=2)
+    before = _tree(out)
+    with pytest.raises(UserError, match=rf"--resume: {key} is .* but .*supernet\.pt was trained with") as info:
+        train_supernet(_cfg(out, splits, 4, f"{key}={value}"), splits=splits, resume=True)
+    assert "\n" not in str(info.value)
+    assert _tree(out) == before
+
+
+def test_resume_accepts_changes_that_do_not_change_the_result(tmp_path: Path, splits: ImageSplits) -> None:
+    out = tmp_path / "run"
+    train_supernet(_cfg(out, splits, 4), splits=splits, stop_at_step=2)
+    resumed = train_supernet(_cfg(out, splits, 4, "train.checkpoint_every=1", "train.progress=true"),
+                             splits=splits, resume=True)
+    assert resumed.steps == 4
+
+
+def test_resume_refuses_a_changed_length(tmp_path: Path, splits: ImageSplits) -> None:
+    out = tmp_path / "run"
+    train_supernet(_cfg(out, splits, 4), splits=splits, stop_at_step=2)
+    with pytest.raises(UserError, match=r"train\.epochs"):
+        train_supernet(_cfg(out, splits, 8), splits=splits, resume=True)
