@@ -12,7 +12,19 @@ import socket
 import optuna
 
 from exitnas._trial_codec import suggest_arch, write_candidate
-from exitnas.evaluators import EXIT_RULES, Evaluator, ExitCache, ExitPolicy, LatencyTable, bof_thresholds
+import numpy as np
+
+from exitnas.evaluators import (
+    EXIT_RULES,
+    Evaluator,
+    ExitCache,
+    ExitPolicy,
+    LatencyTable,
+    bof_thresholds,
+    drop_exits,
+    leaving_exits,
+    share_thresholds,
+)
 from exitnas.experiment import COST_UNITS, CostUnit, Experiment
 from exitnas.search_space import ArchConfig, Candidate, Measured
 
@@ -27,7 +39,7 @@ class ArchObjective:
         budget_mmacs: A constraint on expected MMACs (val), if any.
         latency: A latency table: the second objective is then expected ms.
         worker: Tag of this worker on its trials (default ``host:pid``).
-        exit_rule: ``threshold`` or ``bof`` (``search.exit_rule``).
+        exit_rule: ``threshold``, ``share`` or ``bof`` (``search.exit_rule``).
     """
 
     def __init__(self, evaluator: Evaluator, budget_mmacs: float | None = None,
@@ -50,12 +62,8 @@ class ArchObjective:
         # Tagged before any work, so a trial left RUNNING by a dead worker can be found.
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("worker_pid", os.getpid())
-        arch, thresholds = suggest_arch(trial, self.space, self.exit_rule)
         before = self.evaluator.forward_passes
-        if self.exit_rule == "bof":
-            caches = self.evaluator.caches(arch, ("train", "val"))
-            thresholds = bof_thresholds(caches["train"], trial.params["beta"])
-            trial.set_user_attr("train_confidence", caches["train"].confidence.mean(axis=1).round(6).tolist())
+        arch, thresholds = self._decide(trial)
         cache = self.evaluator.cache(arch, "val")
         res = ExitPolicy(cache).evaluate(thresholds)
         acc, mmacs = float(res.accuracy[0]), float(res.expected_cost[0]) / 1e6
@@ -73,6 +81,23 @@ class ArchObjective:
         if self.budget_mmacs is not None:
             trial.set_constraint("mmacs_over_budget", mmacs - self.budget_mmacs)
         return acc, cost
+
+    def _decide(self, trial: optuna.Trial) -> tuple[ArchConfig, np.ndarray]:
+        """The trial's arch and thresholds under the study's exit rule."""
+        arch, thresholds = suggest_arch(trial, self.space, self.exit_rule)
+        if self.exit_rule == "bof":
+            caches = self.evaluator.caches(arch, ("train", "val"))
+            thresholds = bof_thresholds(caches["train"], trial.params["beta"])
+            trial.set_user_attr("train_confidence", caches["train"].confidence.mean(axis=1).round(6).tolist())
+        elif self.exit_rule == "share":
+            thresholds = share_thresholds(self.evaluator.cache(arch, "val"), thresholds)
+            keep = leaving_exits(self.evaluator.cache(arch, "val"), thresholds)
+            if not keep.all():
+                # The exits no val image leaves at go, heads and all: the candidate is the smaller
+                # arch, measured on its own cache (an exit combiner may make its outputs differ).
+                trial.set_user_attr("dropped_exits", [list(p) for p, k in zip(arch.exits, keep) if not k])
+                arch, thresholds = drop_exits(arch, keep), thresholds[keep[:-1]]
+        return arch, thresholds
 
     def _breakdown(self, trial: optuna.Trial, arch: ArchConfig, cache: ExitCache, histogram: list[int]) -> None:
         """Per-exit numbers for the dashboard and the report."""

@@ -33,7 +33,9 @@ def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace,
     evolutionary and relative samplers can learn from all of them. With the ``bof`` exit
     rule the trial suggests one ``beta`` instead of the thresholds, and the returned
     array holds ``beta`` once per non-final exit: multiply it by the exits' mean training
-    confidences (:func:`~exitnas.evaluators.bof_thresholds`) to get thresholds.
+    confidences (:func:`~exitnas.evaluators.bof_thresholds`) to get thresholds. With the
+    ``share`` rule it suggests a ``share_{s}_{b}`` per candidate exit and returns the shares
+    (:func:`~exitnas.evaluators.share_thresholds` maps them to thresholds on val).
     """
     EXIT_RULES.get(exit_rule)
     depths = [trial.suggest_categorical(f"depth_{s}", list(space.depth_choices)) for s in range(space.num_stages)]
@@ -43,8 +45,9 @@ def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace,
         ratios[s, b] = trial.suggest_categorical(f"ratio_{s}_{b}", list(space.ratio_choices))
         on[s, b] = trial.suggest_categorical(f"exit_{s}_{b}", [0, 1])
         heads[s, b] = trial.suggest_categorical(f"head_{s}_{b}", list(space.head_choices))
-        if exit_rule == "threshold":
-            thr[s, b] = trial.suggest_float(f"thr_{s}_{b}", 0.0, 1.0)
+        if exit_rule in ("threshold", "share"):
+            name = "thr" if exit_rule == "threshold" else "share"
+            thr[s, b] = trial.suggest_float(f"{name}_{s}_{b}", 0.0, 1.0)
     if exit_rule == "bof":
         beta = trial.suggest_float("beta", *BOF_BETA_RANGE)
         thr = {p: beta for p in space.candidate_exits()}
@@ -69,9 +72,10 @@ def decode_trial(number: int, params: dict[str, Any], user_attrs: dict[str, Any]
     """The candidate a stored trial evaluated, its arch replayed from its parameters.
 
     Thresholds come from the same replay under the ``threshold`` rule (exact, as sampled); the
-    ``bof`` rule's depend on the training cache, so they are read from the stored candidate.
-    A stored arch that differs from the replayed one means the study was searched on another
-    space (or edited): :class:`UserError`.
+    ``bof`` and ``share`` rules' depend on a cache, so they are read from the stored candidate,
+    and so is the ``share`` rule's arch (the replayed one less the exits no val image left at).
+    A stored arch that is not the replayed one (or, under ``share``, the replayed one less some
+    exits) means the study was searched on another space (or edited): :class:`UserError`.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a value outside today's choices is caught by validate
@@ -80,10 +84,21 @@ def decode_trial(number: int, params: dict[str, Any], user_attrs: dict[str, Any]
         except (ValueError, KeyError) as e:
             raise UserError(f"trial {number} cannot be read as an arch of this search space ({e})") from None
     stored = user_attrs.get(CANDIDATE_ATTR) or {}
-    if "arch" in user_attrs and ArchConfig.from_dict(user_attrs["arch"]) != arch:
-        raise UserError(f"trial {number} stores an arch that its parameters do not give; "
-                        "was the study searched on another search space?")
-    if exit_rule == "bof":
+    if "arch" in user_attrs:
+        given = ArchConfig.from_dict(user_attrs["arch"])
+        if given != arch and not (exit_rule == "share" and _drops_exits_of(given, arch)):
+            raise UserError(f"trial {number} stores an arch that its parameters do not give; "
+                            "was the study searched on another search space?")
+        arch = given
+    if exit_rule in ("bof", "share"):
         thr = np.asarray(stored.get("thresholds", user_attrs.get("thresholds", [])), dtype=np.float64)
     confidence = str(stored.get("confidence", confidence))
     return Candidate(arch, tuple(float(t) for t in thr), confidence, exit_rule, measured)
+
+
+def _drops_exits_of(pruned: ArchConfig, arch: ArchConfig) -> bool:
+    """Whether ``pruned`` is ``arch`` with some non-final exits (and their heads) left out."""
+    kept = dict(zip(arch.exits, arch.heads))
+    return (pruned.replace(exits=arch.exits, heads=arch.heads) == arch and pruned.exits[-1:] == arch.exits[-1:]
+            and all(kept.get(p) == h for p, h in zip(pruned.exits, pruned.heads))
+            and list(pruned.exits) == sorted(pruned.exits))

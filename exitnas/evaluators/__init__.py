@@ -18,14 +18,25 @@ from exitnas.evaluators._protocols import (
     target_shares,
 )
 from exitnas.evaluators._recalibrate import recalibrate_bn, recalibrated_subnet
-from exitnas.evaluators._rules import BOF_BETA_RANGE, EXIT_RULES, bof_thresholds, fit_bof_beta
+from exitnas.evaluators._rules import (
+    BOF_BETA_RANGE,
+    EXIT_RULES,
+    bof_thresholds,
+    drop_exits,
+    fit_bof_beta,
+    leaving_exits,
+    share_thresholds,
+)
 from exitnas.runtime import GraphedEarlyExit  # re-exported: the README documents it here
 
 __all__ = [
     "BOF_BETA_RANGE",
     "EXIT_RULES",
     "bof_thresholds",
+    "drop_exits",
     "fit_bof_beta",
+    "leaving_exits",
+    "share_thresholds",
     "DEFAULT_P_SWEEP",
     "CurvePoint",
     "Evaluator",
