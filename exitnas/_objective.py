@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import socket
 
+import numpy as np
 import optuna
 
 from exitnas._trial_codec import suggest_arch, write_candidate
-import numpy as np
-
 from exitnas.evaluators import (
     EXIT_RULES,
     Evaluator,
