@@ -20,6 +20,7 @@ from exitnas.evaluators import (
     ExitPolicy,
     anytime,
     budgeted_batch,
+    budgeted_oracle,
     oracle,
 )
 from exitnas.experiment import Experiment
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 MAX_POINTS = 12
+#: Points of the budgeted oracle curve drawn in the report (one per image would be thousands).
+ORACLE_POINTS = 200
 
 CHOICE_RULE = ("the most accurate Pareto point (val) whose expected cost is at most the median of the "
                "front's distinct costs: the middle of the front, a balanced trade-off that a few very cheap or "
@@ -198,6 +201,8 @@ class CurvesInfo:
         stage_arch: Baseline (b), the largest backbone with a linear exit per stage end.
         stage_budgeted_batch: Its budgeted-batch curve (fit on val, applied to test).
         stage_oracle: Its oracle point on test.
+        budgeted_oracle: The chosen arch's budgeted oracle on test: the best accuracy any exit
+            policy could reach at each expected cost (:func:`~exitnas.evaluators.budgeted_oracle`).
     """
 
     trial: int
@@ -211,6 +216,7 @@ class CurvesInfo:
     stage_arch: ArchConfig
     stage_budgeted_batch: tuple[CurvePoint, ...]
     stage_oracle: CurvePoint
+    budgeted_oracle: tuple[CurvePoint, ...] = ()
 
 
 def get_curves_info(front: FrontInfo, evaluator: Evaluator, trial: int) -> CurvesInfo:
@@ -229,7 +235,8 @@ def get_curves_info(front: FrontInfo, evaluator: Evaluator, trial: int) -> Curve
     sc = evaluator.caches(stage_arch, ("val", "test"))
     return CurvesInfo(trial, arch, tuple(budgeted_batch(c["val"], c["test"])), tuple(anytime(c["test"])),
                       oracle(c["test"]), searched, static_arch, static, stage_arch,
-                      tuple(budgeted_batch(sc["val"], sc["test"])), oracle(sc["test"]))
+                      tuple(budgeted_batch(sc["val"], sc["test"])), oracle(sc["test"]),
+                      tuple(budgeted_oracle(c["test"], max_points=ORACLE_POINTS)))
 
 
 # -- exit histogram ----------------------------------------------------------------------------
