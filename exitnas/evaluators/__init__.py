@@ -1,4 +1,4 @@
-"""Measuring archs: BN recalibration, exit caches, costs, threshold policy and protocols."""
+"""Measuring archs: BN recalibration, exit caches, costs, threshold policy, other exit policies and protocols."""
 
 from __future__ import annotations
 
@@ -6,6 +6,15 @@ from exitnas.evaluators._cache import ExitCache, ExitCacheStore, build_exit_cach
 from exitnas.evaluators._cost import ExitCosts, count_macs, exit_costs
 from exitnas.evaluators._evaluator import Evaluator, weights_digest
 from exitnas.evaluators._latency import LatencyTable, profile_space
+from exitnas.evaluators._policies import (
+    POLICIES,
+    FittedPolicy,
+    Policy,
+    agreement_runs,
+    exit_features,
+    fit_policy,
+    leave_targets,
+)
 from exitnas.evaluators._policy import ExitPolicy, PolicyResult, check_thresholds, read_thresholds
 from exitnas.evaluators._protocols import (
     DEFAULT_P_SWEEP,
@@ -32,6 +41,13 @@ from exitnas.evaluators._rules import (
 from exitnas.runtime import GraphedEarlyExit  # re-exported: the README documents it here
 
 __all__ = [
+    "POLICIES",
+    "FittedPolicy",
+    "Policy",
+    "agreement_runs",
+    "exit_features",
+    "fit_policy",
+    "leave_targets",
     "BOF_BETA_RANGE",
     "EXIT_RULES",
     "bof_thresholds",
