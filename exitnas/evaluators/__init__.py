@@ -11,8 +11,10 @@ from exitnas.evaluators._policies import (
     FittedPolicy,
     Policy,
     agreement_runs,
+    candidate_result,
     exit_features,
     fit_policy,
+    fit_searched,
     leave_targets,
 )
 from exitnas.evaluators._policy import ExitPolicy, PolicyResult, check_thresholds, read_thresholds
@@ -32,6 +34,7 @@ from exitnas.evaluators._recalibrate import recalibrate_bn, recalibrated_subnet
 from exitnas.evaluators._rules import (
     BOF_BETA_RANGE,
     EXIT_RULES,
+    POLICY_RULES,
     bof_thresholds,
     drop_exits,
     fit_bof_beta,
@@ -45,11 +48,14 @@ __all__ = [
     "FittedPolicy",
     "Policy",
     "agreement_runs",
+    "candidate_result",
     "exit_features",
     "fit_policy",
+    "fit_searched",
     "leave_targets",
     "BOF_BETA_RANGE",
     "EXIT_RULES",
+    "POLICY_RULES",
     "bof_thresholds",
     "drop_exits",
     "fit_bof_beta",

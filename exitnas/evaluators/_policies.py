@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,9 +26,10 @@ from exitnas._registry import Registry
 from exitnas.evaluators._cache import ExitCache
 from exitnas.evaluators._policy import ExitPolicy, PolicyResult
 from exitnas.evaluators._protocols import DEFAULT_P_SWEEP, CurvePoint, fit_budgeted_thresholds
+from exitnas.search_space import Candidate
 
-__all__ = ["POLICIES", "FittedPolicy", "Policy", "agreement_runs", "exit_features", "fit_policy", "leave_targets",
-           "softmax"]
+__all__ = ["POLICIES", "FittedPolicy", "Policy", "agreement_runs", "candidate_result", "exit_features", "fit_policy",
+           "fit_searched", "leave_targets", "softmax"]
 
 #: Global thresholds (one value for every exit) a score policy offers besides the budgeted-batch
 #: fits: these val quantiles of its scores.
@@ -67,6 +69,19 @@ class Policy(ABC):
 
     def fit(self, val: ExitCache) -> None:
         """Fit whatever the score needs on ``val`` (nothing by default)."""
+
+    def state(self) -> dict[str, Any]:
+        """What :meth:`fit` learnt, JSON-able (a candidate's ``params`` keep it)."""
+        return {}
+
+    def load(self, state: dict[str, Any]) -> Policy:
+        """Take back :meth:`state`'s output instead of fitting; returns ``self``."""
+        return self
+
+    def searched(self, values: np.ndarray, num_exits: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """The thresholds (K-1) and parameters of what a trial searched (``search.exit_rule`` set
+        to this policy): by default one threshold per non-final exit, searched as they are."""
+        return np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0), {}
 
     @abstractmethod
     def scores(self, cache: ExitCache) -> np.ndarray:
@@ -126,6 +141,13 @@ class TemperaturePolicy(Policy):
             temps.append(float(self.GRID[int(np.argmin(nll))]))
         self.temperatures = np.array(temps)
 
+    def state(self) -> dict[str, Any]:
+        return {"temperatures": [] if self.temperatures is None else self.temperatures.tolist()}
+
+    def load(self, state: dict[str, Any]) -> Policy:
+        self.temperatures = np.asarray(state["temperatures"], dtype=np.float64)
+        return self
+
     def scores(self, cache: ExitCache) -> np.ndarray:
         if self.temperatures is None:
             raise ValueError("fit the temperature policy on val first")
@@ -159,6 +181,13 @@ class PatiencePolicy(Policy):
     def settings(self, val: ExitCache, val_scores: np.ndarray) -> tuple[np.ndarray, list[dict[str, float]]]:
         ks = range(2, val.num_exits + 1)
         return np.stack([self.thresholds(k, val.num_exits) for k in ks]), [{"k": float(k)} for k in ks]
+
+    def searched(self, values: np.ndarray, num_exits: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """A searched patience (``values`` holds it once per non-final exit), capped at K."""
+        if num_exits < 2:  # one exit: nothing to decide
+            return np.empty(0), {}
+        k = int(min(int(round(float(values[0]))), num_exits))
+        return self.thresholds(k, num_exits), {"k": k}
 
     @staticmethod
     def thresholds(k: int, num_exits: int) -> np.ndarray:
@@ -240,7 +269,7 @@ class DeciderPolicy(Policy):
     FOLDS = 2
 
     def __init__(self) -> None:
-        self.models: list[np.ndarray] = []
+        self.models: list[np.ndarray] | None = None
         self._oof: np.ndarray | None = None
 
     def decision_macs(self, num_classes: int) -> int:
@@ -258,11 +287,28 @@ class DeciderPolicy(Policy):
                 oof[k, te] = _predict_logistic(_fit_logistic(x[k, tr], y[k, tr]), x[k, te])
         self._oof = oof
 
+    def state(self) -> dict[str, Any]:
+        return {"models": [m.tolist() for m in self.models or []]}
+
+    def searched(self, values: np.ndarray, num_exits: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """A searched cost threshold τ on the decider's probability, the same at every exit."""
+        if num_exits < 2:  # one exit: nothing to decide
+            return np.empty(0), {}
+        tau = float(np.clip(values[0], 0.0, 1.0))
+        return np.full(num_exits - 1, tau), {"tau": tau}
+
+    def load(self, state: dict[str, Any]) -> Policy:
+        self.models = [np.asarray(m, dtype=np.float64) for m in state["models"]]
+        return self
+
     def scores(self, cache: ExitCache) -> np.ndarray:
-        if not self.models:
+        if self.models is None:
             raise ValueError("fit the decider policy on val first")
         x = exit_features(cache)
-        return np.stack([_predict_logistic(m, x[k]) for k, m in enumerate(self.models)])
+        out = np.empty((cache.num_exits - 1, cache.num_samples))  # (K-1)×N, also 0×N for one exit
+        for k, m in enumerate(self.models):
+            out[k] = _predict_logistic(m, x[k])
+        return out
 
     def val_scores(self, val: ExitCache) -> np.ndarray:
         return self._oof if self._oof is not None else self.scores(val)
@@ -332,3 +378,23 @@ def fit_policy(name: str, val: ExitCache, costs: np.ndarray | None = None) -> Fi
     thresholds, params = policy.settings(val, scores)
     res = ExitPolicy(_with_scores(val, scores), costs).evaluate(thresholds)
     return FittedPolicy(name, policy, thresholds, tuple(params), res)
+
+
+def fit_searched(name: str, values: np.ndarray, val: ExitCache) -> tuple[np.ndarray, dict[str, Any]]:
+    """Policy ``name`` fit on ``val``, then a trial's searched ``values`` → its thresholds and the
+    candidate's ``params`` (the fitted state and the searched parameter)."""
+    policy = POLICIES.get(name)()
+    policy.fit(val)
+    thresholds, searched = policy.searched(values, val.num_exits)
+    return thresholds, {**policy.state(), **searched}
+
+
+def candidate_result(cand: Candidate, cache: ExitCache, costs: np.ndarray | None = None) -> PolicyResult:
+    """Accuracy, expected cost and histogram of a candidate's exit decisions on ``cache``: its
+    thresholds on confidence (``threshold`` policy) or on its policy's score, with the state
+    its policy was fit to on val (``cand.params``): nothing is refit."""
+    thresholds = np.asarray(cand.thresholds, dtype=np.float64)
+    if cand.policy == "threshold":
+        return ExitPolicy(cache, costs).evaluate(thresholds)
+    policy = POLICIES.get(cand.policy)().load(cand.params)
+    return ExitPolicy(_with_scores(cache, policy.scores(cache)), costs).evaluate(thresholds)

@@ -19,8 +19,8 @@ from exitnas.evaluators._cache import ExitCache
 from exitnas.evaluators._policy import ExitPolicy
 from exitnas.search_space import ArchConfig
 
-__all__ = ["BOF_BETA_RANGE", "EXIT_RULES", "bof_thresholds", "drop_exits", "fit_bof_beta", "leaving_exits",
-           "share_thresholds"]
+__all__ = ["BOF_BETA_RANGE", "EXIT_RULES", "POLICY_RULES", "bof_thresholds", "drop_exits", "fit_bof_beta",
+           "leaving_exits", "share_thresholds"]
 
 #: Exit rules by name (``search.exit_rule``): what a trial suggests for the exits' thresholds.
 EXIT_RULES: Registry[str] = Registry("exit rule")
@@ -29,6 +29,12 @@ EXIT_RULES.register("bof", "bag-of-features rule: one searched beta; leave when 
                            "beta x the exit's mean confidence on training images")("bof")
 EXIT_RULES.register("share", "per exit, the searched share of the remaining val images that leave there, "
                              "mapped to a threshold on val; exits no val image leaves at are dropped")("share")
+EXIT_RULES.register("temperature", "temperature-calibrated max-softmax (fit on val), a threshold per exit "
+                                   "searched")("temperature")
+EXIT_RULES.register("patience", "leave when the last k exits agree (PABEE); k searched")("patience")
+EXIT_RULES.register("decider", "a logistic decider per exit fit on val; its probability threshold searched")("decider")
+#: The exit rules that search an exit policy's parameter (the candidate's ``policy`` is the rule's name).
+POLICY_RULES = ("temperature", "patience", "decider")
 #: The searched range of the bag-of-features rule's beta.
 BOF_BETA_RANGE = (0.5, 1.5)
 

@@ -17,10 +17,10 @@ from exitnas._trial_codec import decode_trial
 from exitnas.evaluators import (
     CurvePoint,
     Evaluator,
-    ExitPolicy,
     anytime,
     budgeted_batch,
     budgeted_oracle,
+    candidate_result,
     oracle,
 )
 from exitnas.experiment import Experiment
@@ -166,8 +166,8 @@ def get_test_info(front: FrontInfo, evaluator: Evaluator, trials: list[int]) -> 
         cand = trial_candidate(front, n, evaluator)
         arch, thr = cand.arch, np.asarray(cand.thresholds, dtype=np.float64)
         caches = evaluator.caches(arch, ("val", "test"))
-        val = ExitPolicy(caches["val"]).evaluate(thr)
-        test = ExitPolicy(caches["test"], _exit_ms(rec)).evaluate(thr)
+        val = candidate_result(cand, caches["val"])
+        test = candidate_result(cand, caches["test"], _exit_ms(rec))
         scale = 1.0 if "exit_ms" in rec.user_attrs else 1e-6
         out.append(TestPoint(n, arch, tuple(float(v) for v in thr), rec.accuracy, rec.cost,
                              float(val.accuracy[0]), float(test.accuracy[0]), float(test.expected_cost[0]) * scale,
@@ -224,7 +224,7 @@ def get_curves_info(front: FrontInfo, evaluator: Evaluator, trial: int) -> Curve
     cand = trial_candidate(front, trial, evaluator)
     arch, thr = cand.arch, np.asarray(cand.thresholds, dtype=np.float64)
     c = evaluator.caches(arch, ("val", "test"))
-    res = ExitPolicy(c["test"]).evaluate(thr)
+    res = candidate_result(cand, c["test"])
     searched = CurvePoint(float(res.expected_cost[0]), float(res.accuracy[0]), None, tuple(float(v) for v in thr),
                           tuple(int(v) for v in res.histogram[0]))
     static_arch = static_largest_arch(evaluator.space)

@@ -22,7 +22,7 @@ def _study(make_cfg: Callable[..., Any], trained: Any, tmp_path: Path, n: int, *
     return exp, study
 
 
-@pytest.mark.parametrize("rule", ["threshold", "bof", "share"])
+@pytest.mark.parametrize("rule", ["threshold", "bof", "share", "temperature", "patience", "decider"])
 def test_stored_candidate_is_what_the_codec_decodes(rule: str, trained: Any, make_cfg: Callable[..., Any],
                                                      tmp_path: Path) -> None:
     exp, study = _study(make_cfg, trained, tmp_path, 4, exit_rule=rule)
@@ -87,3 +87,18 @@ def test_share_rule_drops_the_exits_no_val_image_leaves_at(trained: Any, make_cf
     assert t.values[1] == pytest.approx(t.user_attrs["exit_mmacs"][0])
     assert decode_trial(t.number, t.params, t.user_attrs, exp.space, exit_rule="share",
                         measured=stored.measured) == stored
+
+
+def test_candidate_policy_and_params_keep_the_old_format(trained: Any) -> None:
+    arch = trained.space.largest()
+    k = arch.num_exits - 1
+    plain = Candidate(arch, (0.5,) * k)
+    assert plain.to_dict()["format"] == 1 and "policy" not in plain.to_dict()  # as before policies existed
+    old = {key: v for key, v in plain.to_dict().items() if key not in ("exit_rule", "measured", "format")}
+    assert Candidate.from_dict(old) == plain and Candidate.from_dict(old).policy == "threshold"
+    pat = Candidate(arch, (0.25,) * k, exit_rule="patience", policy="patience", params={"k": 2})
+    d = pat.to_dict()
+    assert d["format"] == 2 and d["policy"] == "patience" and d["params"] == {"k": 2}
+    assert Candidate.from_dict(d) == pat
+    with pytest.raises(UserError, match="params"):
+        Candidate.from_dict({**d, "params": [1, 2]})
