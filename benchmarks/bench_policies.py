@@ -168,6 +168,19 @@ def report(rows: dict[str, Any], rules: dict[str, Any] | None, args: argparse.Na
             worst = "" if n in ("threshold", "oracle") else f"{100 * s[n]['worst_vs_threshold']:+.2f}"
             lines.append(f"| {arch} ({r['exits']} exits; {at_mm} MMACs) | {n} | {s[n]['reach']} | {s[n]['area']:.4f} | "
                          f"{s[n]['threshold_area']:.4f} | {at} | {gap} | {worst} |")
+    means = {n: float(np.mean([r["summary"][n]["gap_closed"] for r in rows.values()])) for n in POLICIES
+             if n != "threshold"}
+    best = max(means, key=lambda n: means[n])
+    verdict = "reaches" if means[best] >= 0.5 else "is short of"
+    lines += ["", "**Reading:** mean gap closed over the archs: " + ", ".join(f"{n} {v:.0%}" for n, v in means.items())
+              + f". The best, {best}, closes {means[best]:.0%} of the threshold→oracle gap: it {verdict} the issue's "
+              f"50%. One test image is {100 / args.test_n:.2f} points; the policies are fit on {args.val_n} val "
+              "images."]
+    if rules:
+        better = "share" if rules["share"]["test_hv"] > rules["threshold"]["test_hv"] else "threshold"
+        lines += [f"Exit rule: mean test HV threshold {rules['threshold']['test_hv']:.4f}, share "
+                  f"{rules['share']['test_hv']:.4f}: {better} is ahead here"
+                  + ("; `threshold` stays the default." if better == "threshold" else ".")]
     first = next(iter(rows.values()))
     lines += ["", "Decision cost (extra MACs per exit beyond the threshold rule's softmax, estimated): "
               + ", ".join(f"{n} {m}" for n, m in first["decision_macs"].items())
