@@ -6,13 +6,27 @@ how accuracy and cost are measured is the :class:`~exitnas.evaluators.Evaluator`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 
+import numpy as np
 import optuna
 
 from exitnas._trial_codec import suggest_arch, write_candidate
-from exitnas.evaluators import EXIT_RULES, Evaluator, ExitCache, ExitPolicy, LatencyTable, bof_thresholds
+from exitnas.evaluators import (
+    EXIT_RULES,
+    POLICY_RULES,
+    Evaluator,
+    ExitCache,
+    LatencyTable,
+    bof_thresholds,
+    candidate_result,
+    drop_exits,
+    fit_searched,
+    leaving_exits,
+    share_thresholds,
+)
 from exitnas.experiment import COST_UNITS, CostUnit, Experiment
 from exitnas.search_space import ArchConfig, Candidate, Measured
 
@@ -27,7 +41,7 @@ class ArchObjective:
         budget_mmacs: A constraint on expected MMACs (val), if any.
         latency: A latency table: the second objective is then expected ms.
         worker: Tag of this worker on its trials (default ``host:pid``).
-        exit_rule: ``threshold`` or ``bof`` (``search.exit_rule``).
+        exit_rule: ``threshold``, ``share``, ``bof`` or a policy's rule (``search.exit_rule``).
     """
 
     def __init__(self, evaluator: Evaluator, budget_mmacs: float | None = None,
@@ -50,29 +64,45 @@ class ArchObjective:
         # Tagged before any work, so a trial left RUNNING by a dead worker can be found.
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("worker_pid", os.getpid())
-        arch, thresholds = suggest_arch(trial, self.space, self.exit_rule)
         before = self.evaluator.forward_passes
-        if self.exit_rule == "bof":
-            caches = self.evaluator.caches(arch, ("train", "val"))
-            thresholds = bof_thresholds(caches["train"], trial.params["beta"])
-            trial.set_user_attr("train_confidence", caches["train"].confidence.mean(axis=1).round(6).tolist())
-        cache = self.evaluator.cache(arch, "val")
-        res = ExitPolicy(cache).evaluate(thresholds)
+        cand = self._decide(trial)
+        arch, cache = cand.arch, self.evaluator.cache(cand.arch, "val")
+        res = candidate_result(cand, cache)
         acc, mmacs = float(res.accuracy[0]), float(res.expected_cost[0]) / 1e6
         cost = mmacs
         if self.latency is not None:
             exit_ms = self.latency.exit_latency(self.space, arch)
-            cost = float(ExitPolicy(cache, exit_ms).evaluate(thresholds).expected_cost[0])
+            cost = float(candidate_result(cand, cache, np.asarray(exit_ms)).expected_cost[0])
             trial.set_user_attr("exit_ms", exit_ms)
             trial.set_user_attr("expected_MMACs", mmacs)
-        candidate = Candidate(arch, tuple(float(t) for t in thresholds), self.evaluator.kind, self.exit_rule,
-                              Measured(acc, cost, self.unit.unit))
-        write_candidate(trial, candidate)
+        write_candidate(trial, dataclasses.replace(cand, measured=Measured(acc, cost, self.unit.unit)))
         self._breakdown(trial, arch, cache, res.histogram[0].tolist())
         trial.set_user_attr("cache_reused", self.evaluator.forward_passes == before)
         if self.budget_mmacs is not None:
             trial.set_constraint("mmacs_over_budget", mmacs - self.budget_mmacs)
         return acc, cost
+
+    def _decide(self, trial: optuna.Trial) -> Candidate:
+        """The trial's candidate (arch, thresholds, policy) under the study's exit rule, not yet measured."""
+        arch, thresholds = suggest_arch(trial, self.space, self.exit_rule)
+        policy, params = "threshold", {}
+        if self.exit_rule == "bof":
+            caches = self.evaluator.caches(arch, ("train", "val"))
+            thresholds = bof_thresholds(caches["train"], trial.params["beta"])
+            trial.set_user_attr("train_confidence", caches["train"].confidence.mean(axis=1).round(6).tolist())
+        elif self.exit_rule == "share":
+            thresholds = share_thresholds(self.evaluator.cache(arch, "val"), thresholds)
+            keep = leaving_exits(self.evaluator.cache(arch, "val"), thresholds)
+            if not keep.all():
+                # The exits no val image leaves at go, heads and all: the candidate is the smaller
+                # arch, measured on its own cache (an exit combiner may make its outputs differ).
+                trial.set_user_attr("dropped_exits", [list(p) for p, k in zip(arch.exits, keep) if not k])
+                arch, thresholds = drop_exits(arch, keep), thresholds[keep[:-1]]
+        elif self.exit_rule in POLICY_RULES:
+            policy = self.exit_rule
+            thresholds, params = fit_searched(policy, thresholds, self.evaluator.cache(arch, "val"))
+        return Candidate(arch, tuple(float(t) for t in thresholds), self.evaluator.kind, self.exit_rule, None,
+                         policy, params)
 
     def _breakdown(self, trial: optuna.Trial, arch: ArchConfig, cache: ExitCache, histogram: list[int]) -> None:
         """Per-exit numbers for the dashboard and the report."""

@@ -31,6 +31,9 @@ class ExitCache:
         kind: Confidence measure (``maxprob`` or ``entropy``).
         extra_macs: K×N further cumulative MACs of sample n leaving at exit k, for nets whose
             cost depends on the input (EMGNet's gate, see ``search_space._gate``); None if none.
+        logits: K×N×C float16 logits of every exit, for exit policies that need more than one
+            confidence per exit (``evaluators._policies``); None in caches built before them.
+        labels: N true classes (temperature calibration fits them); None in older caches.
     """
 
     arch: ArchConfig
@@ -39,6 +42,8 @@ class ExitCache:
     macs: np.ndarray
     kind: str = "maxprob"
     extra_macs: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
     @property
     def num_exits(self) -> int:
@@ -63,6 +68,9 @@ class ExitCache:
 
         buf = io.BytesIO()
         extra = {} if self.extra_macs is None else {"extra_macs": self.extra_macs}
+        for name in ("logits", "labels"):
+            if getattr(self, name) is not None:
+                extra[name] = getattr(self, name)
         np.savez(buf, confidence=self.confidence, correct=self.correct, macs=self.macs,
                  arch=np.array(self.arch.to_json()), kind=np.array(self.kind), **extra)
         atomic_write_bytes(path, buf.getvalue())
@@ -71,8 +79,9 @@ class ExitCache:
     def load(cls, path: str | Path) -> ExitCache:
         with np.load(path, allow_pickle=False) as z:
             extra = z["extra_macs"] if "extra_macs" in z.files else None
+            logits, labels = (z[k] if k in z.files else None for k in ("logits", "labels"))
             return cls(ArchConfig.from_json(str(z["arch"])), z["confidence"], z["correct"], z["macs"],
-                       str(z["kind"]), extra)
+                       str(z["kind"]), extra, logits, labels)
 
 
 @torch.no_grad()
@@ -86,7 +95,7 @@ def build_exit_cache(net: StaticNet, arch: ArchConfig, images: Tensor, labels: T
     (``extra_macs``), counted as if it ran alone (batch size 1).
     """
     net.eval()
-    conf, correct, extra = [], [], []
+    conf, correct, extra, logits = [], [], [], []
     with RingMacs(list(net.segments)) as rings:
         for i in range(0, len(images), batch_size):
             x = normalize(images[i : i + batch_size].to(device, non_blocking=True), mean, std)
@@ -94,10 +103,17 @@ def build_exit_cache(net: StaticNet, arch: ArchConfig, images: Tensor, labels: T
             outs = net(x)
             conf.append(torch.stack([confidence(z, kind) for z in outs]).cpu())
             correct.append(torch.stack([z.argmax(-1) == y for z in outs]).cpu())
+            logits.append(torch.stack(outs).to(torch.float16).cpu())
             extra.append(rings.take(len(y)))
     extra_macs = None if extra[0] is None else torch.cat(extra, 1).numpy()
     return ExitCache(arch, torch.cat(conf, 1).numpy().astype(np.float32), torch.cat(correct, 1).numpy(),
-                     np.asarray(macs, dtype=np.float64), kind, extra_macs)
+                     np.asarray(macs, dtype=np.float64), kind, extra_macs, torch.cat(logits, 1).numpy(),
+                     labels.cpu().numpy().astype(np.int64))
+
+
+#: Bumped when caches gain fields: a file of an older format is not found (rebuilt), never half-read.
+#: 2: per-exit logits and the labels.
+CACHE_FORMAT = "2"
 
 
 def _digest(*parts: str) -> str:
@@ -115,7 +131,7 @@ class ExitCacheStore:
     def _path(self, arch: ArchConfig, split: str, kind: str) -> Path | None:
         if self.directory is None:
             return None
-        return self.directory / f"{_digest(arch.to_json(), split, kind, self.weights_id)}.npz"
+        return self.directory / f"{_digest(arch.to_json(), split, kind, self.weights_id, CACHE_FORMAT)}.npz"
 
     def get(self, arch: ArchConfig, split: str, kind: str) -> ExitCache | None:
         key = (arch, split, kind)

@@ -17,9 +17,10 @@ from exitnas._trial_codec import decode_trial
 from exitnas.evaluators import (
     CurvePoint,
     Evaluator,
-    ExitPolicy,
     anytime,
     budgeted_batch,
+    budgeted_oracle,
+    candidate_result,
     oracle,
 )
 from exitnas.experiment import Experiment
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 MAX_POINTS = 12
+#: Points of the budgeted oracle curve drawn in the report (one per image would be thousands).
+ORACLE_POINTS = 200
 
 CHOICE_RULE = ("the most accurate Pareto point (val) whose expected cost is at most the median of the "
                "front's distinct costs: the middle of the front, a balanced trade-off that a few very cheap or "
@@ -163,8 +166,8 @@ def get_test_info(front: FrontInfo, evaluator: Evaluator, trials: list[int]) -> 
         cand = trial_candidate(front, n, evaluator)
         arch, thr = cand.arch, np.asarray(cand.thresholds, dtype=np.float64)
         caches = evaluator.caches(arch, ("val", "test"))
-        val = ExitPolicy(caches["val"]).evaluate(thr)
-        test = ExitPolicy(caches["test"], _exit_ms(rec)).evaluate(thr)
+        val = candidate_result(cand, caches["val"])
+        test = candidate_result(cand, caches["test"], _exit_ms(rec))
         scale = 1.0 if "exit_ms" in rec.user_attrs else 1e-6
         out.append(TestPoint(n, arch, tuple(float(v) for v in thr), rec.accuracy, rec.cost,
                              float(val.accuracy[0]), float(test.accuracy[0]), float(test.expected_cost[0]) * scale,
@@ -198,6 +201,8 @@ class CurvesInfo:
         stage_arch: Baseline (b), the largest backbone with a linear exit per stage end.
         stage_budgeted_batch: Its budgeted-batch curve (fit on val, applied to test).
         stage_oracle: Its oracle point on test.
+        budgeted_oracle: The chosen arch's budgeted oracle on test: the best accuracy any exit
+            policy could reach at each expected cost (:func:`~exitnas.evaluators.budgeted_oracle`).
     """
 
     trial: int
@@ -211,6 +216,7 @@ class CurvesInfo:
     stage_arch: ArchConfig
     stage_budgeted_batch: tuple[CurvePoint, ...]
     stage_oracle: CurvePoint
+    budgeted_oracle: tuple[CurvePoint, ...] = ()
 
 
 def get_curves_info(front: FrontInfo, evaluator: Evaluator, trial: int) -> CurvesInfo:
@@ -218,7 +224,7 @@ def get_curves_info(front: FrontInfo, evaluator: Evaluator, trial: int) -> Curve
     cand = trial_candidate(front, trial, evaluator)
     arch, thr = cand.arch, np.asarray(cand.thresholds, dtype=np.float64)
     c = evaluator.caches(arch, ("val", "test"))
-    res = ExitPolicy(c["test"]).evaluate(thr)
+    res = candidate_result(cand, c["test"])
     searched = CurvePoint(float(res.expected_cost[0]), float(res.accuracy[0]), None, tuple(float(v) for v in thr),
                           tuple(int(v) for v in res.histogram[0]))
     static_arch = static_largest_arch(evaluator.space)
@@ -229,7 +235,8 @@ def get_curves_info(front: FrontInfo, evaluator: Evaluator, trial: int) -> Curve
     sc = evaluator.caches(stage_arch, ("val", "test"))
     return CurvesInfo(trial, arch, tuple(budgeted_batch(c["val"], c["test"])), tuple(anytime(c["test"])),
                       oracle(c["test"]), searched, static_arch, static, stage_arch,
-                      tuple(budgeted_batch(sc["val"], sc["test"])), oracle(sc["test"]))
+                      tuple(budgeted_batch(sc["val"], sc["test"])), oracle(sc["test"]),
+                      tuple(budgeted_oracle(c["test"], max_points=ORACLE_POINTS)))
 
 
 # -- exit histogram ----------------------------------------------------------------------------

@@ -76,6 +76,11 @@ def export_trial(storage: str, study_name: str, number: int | None, out: str | P
     check_export_out(out, force)
     exp = Experiment.from_study(study.user_attrs, study_name, checkpoint, device=device)
     cand = trial_candidate(load_front(storage, study_name), trial.number, exp.evaluator)
+    if cand.policy != "threshold":
+        # The deployed runtime compares confidences with thresholds; another policy would ship
+        # a model that leaves elsewhere than the search measured.
+        raise UserError(f"trial {trial.number} decides its exits by the {cand.policy!r} policy, which the exported "
+                        "runtime cannot run yet; export a trial of a threshold, share or bof study")
     net = exp.evaluator.subnet(cand.arch)
     exit_ms = trial.user_attrs.get("exit_ms")  # a latency search's ms of leaving at each exit
     meta = {**cand.to_dict(), "space": exp.space.to_dict(), "experiment": exp.cfg.to_dict(),

@@ -60,8 +60,11 @@ def plot_front(front: FrontInfo, tests: Sequence[TestPoint], curves: CurvesInfo 
 
 
 def plot_curves(curves: CurvesInfo) -> go.Figure:
-    """Budgeted-batch, anytime and oracle of the chosen arch on test, with both baselines."""
+    """Budgeted-batch, anytime, budgeted oracle and oracle of the chosen arch on test, with both baselines."""
     fig = go.Figure()
+    if curves.budgeted_oracle:
+        fig.add_trace(_curve(curves.budgeted_oracle, "budgeted oracle (ceiling of any exit policy)", mode="lines",
+                             line={"shape": "hv", "color": "gray"}))
     fig.add_trace(_curve(curves.budgeted_batch, "budgeted batch (fit on val)", mode="lines+markers",
                          customdata=[p.param for p in sorted(curves.budgeted_batch, key=lambda p: p.macs)],
                          hovertemplate="p=%{customdata}<br>%{x:.3f} MMACs, %{y:.4f}"))

@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from exitnas.cli import main
+from exitnas.evaluators import accuracy_at
 from exitnas.results import ReportResult, build_report, choose_trial, hypervolume_2d, load_front
 
 FIGURES = ("front", "curves", "progress", "histogram")
@@ -74,6 +75,11 @@ def test_curves_stay_below_the_oracle(report: ReportResult) -> None:
     assert by_p[0].macs <= by_p[-1].macs  # small p sends samples out early: cheaper
     searched_point = next(p for p in report.tests if p.trial == c.trial)
     assert c.searched.accuracy == searched_point.test_accuracy
+    # The budgeted oracle is the ceiling at every cost, and ends at the oracle's accuracy, cheaper.
+    assert c.budgeted_oracle[-1].accuracy == pytest.approx(c.oracle.accuracy)
+    assert c.budgeted_oracle[-1].macs <= c.oracle.macs + 1e-6
+    for p in (*c.budgeted_batch, *c.anytime, c.searched):
+        assert p.accuracy <= (accuracy_at(list(c.budgeted_oracle), p.macs + 1e-6) or 0.0) + 1e-12
 
 
 def test_baselines(report: ReportResult) -> None:

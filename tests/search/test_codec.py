@@ -22,7 +22,7 @@ def _study(make_cfg: Callable[..., Any], trained: Any, tmp_path: Path, n: int, *
     return exp, study
 
 
-@pytest.mark.parametrize("rule", ["threshold", "bof"])
+@pytest.mark.parametrize("rule", ["threshold", "bof", "share", "temperature", "patience", "decider"])
 def test_stored_candidate_is_what_the_codec_decodes(rule: str, trained: Any, make_cfg: Callable[..., Any],
                                                      tmp_path: Path) -> None:
     exp, study = _study(make_cfg, trained, tmp_path, 4, exit_rule=rule)
@@ -68,3 +68,38 @@ def test_fixed_trial_of_a_live_trial_gives_its_arch(trained: Any, make_cfg: Call
         assert cand.arch.to_dict() == t.user_attrs["arch"]
         assert list(cand.thresholds) == t.user_attrs["thresholds"]
     assert isinstance(study, optuna.Study)
+
+
+def test_share_rule_drops_the_exits_no_val_image_leaves_at(trained: Any, make_cfg: Callable[..., Any],
+                                                          tmp_path: Path) -> None:
+    exp = Experiment(make_cfg(f"sqlite:///{tmp_path / 'share.db'}", sampler="random", exit_rule="share"),
+                     trained.checkpoint)
+    study = create_or_load_study(exp)
+    # Every candidate exit on, the first one sends everyone out: no image reaches the others.
+    fixed = {f"exit_{s}_{b}": 1 for s, b in exp.space.candidate_exits()}
+    first = exp.space.candidate_exits()[0]
+    study.enqueue_trial({**fixed, f"share_{first[0]}_{first[1]}": 1.0})
+    study.optimize(ArchObjective.for_experiment(exp), n_trials=1)
+    t = study.get_trials()[0]
+    stored = Candidate.from_dict(t.user_attrs[CANDIDATE_ATTR])
+    assert stored.arch.exits[0] == first and stored.arch.num_exits == 2  # first exit + the final one
+    assert t.user_attrs["exit_histogram"] == [trained.val_images, 0]
+    # The cost is the smaller arch's: every image pays the first exit's prefix only.
+    assert t.values[1] == pytest.approx(t.user_attrs["exit_mmacs"][0])
+    assert decode_trial(t.number, t.params, t.user_attrs, exp.space, exit_rule="share",
+                        measured=stored.measured) == stored
+
+
+def test_candidate_policy_and_params_keep_the_old_format(trained: Any) -> None:
+    arch = trained.space.largest()
+    k = arch.num_exits - 1
+    plain = Candidate(arch, (0.5,) * k)
+    assert plain.to_dict()["format"] == 1 and "policy" not in plain.to_dict()  # as before policies existed
+    old = {key: v for key, v in plain.to_dict().items() if key not in ("exit_rule", "measured", "format")}
+    assert Candidate.from_dict(old) == plain and Candidate.from_dict(old).policy == "threshold"
+    pat = Candidate(arch, (0.25,) * k, exit_rule="patience", policy="patience", params={"k": 2})
+    d = pat.to_dict()
+    assert d["format"] == 2 and d["policy"] == "patience" and d["params"] == {"k": 2}
+    assert Candidate.from_dict(d) == pat
+    with pytest.raises(UserError, match="params"):
+        Candidate.from_dict({**d, "params": [1, 2]})

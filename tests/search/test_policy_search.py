@@ -1,0 +1,82 @@
+"""Searching an exit policy with the arch: the policy is the study's, its parameter the trial's,
+what the trial stores reproduces its objectives, and export refuses what the runtime cannot run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from exitnas._errors import UserError
+from exitnas._trial_codec import CANDIDATE_ATTR
+from exitnas.evaluators import POLICY_RULES, candidate_result
+from exitnas.experiment import Experiment
+from exitnas.results import export_trial
+from exitnas.search import ArchObjective, create_or_load_study
+from exitnas.search_space import Candidate
+
+
+def _search(make_cfg: Callable[..., Any], trained: Any, tmp_path: Path, rule: str, n: int = 3) -> tuple[Any, Any, str]:
+    url = f"sqlite:///{tmp_path / f'{rule}.db'}"
+    exp = Experiment(make_cfg(url, sampler="random", exit_rule=rule), trained.checkpoint)
+    study = create_or_load_study(exp)
+    study.optimize(ArchObjective.for_experiment(exp), n_trials=n)
+    return exp, study, url
+
+
+@pytest.mark.parametrize("rule", POLICY_RULES)
+def test_a_policy_study_suggests_only_its_parameters_and_stores_what_reproduces_them(
+        rule: str, trained: Any, make_cfg: Callable[..., Any], tmp_path: Path) -> None:
+    exp, study, _ = _search(make_cfg, trained, tmp_path, rule)
+    own = {"temperature": "thr_", "patience": "patience", "decider": "tau"}[rule]
+    for t in study.get_trials():
+        names = set(t.params)
+        assert any(n.startswith(own) for n in names)
+        assert not names & {"beta", "tau", "patience"} - {own}
+        assert not any(n.startswith(("thr_", "share_")) for n in names) or rule == "temperature"
+        cand = Candidate.from_dict(t.user_attrs[CANDIDATE_ATTR])
+        assert cand.policy == rule and cand.exit_rule == rule
+        res = candidate_result(cand, exp.evaluator.cache(cand.arch, "val"))
+        assert float(res.accuracy[0]) == t.values[0]
+        assert float(res.expected_cost[0]) / 1e6 == pytest.approx(t.values[1], rel=1e-12)
+        if cand.arch.num_exits == 1:  # nothing to decide, nothing stored
+            assert cand.thresholds == () and cand.params in ({}, {"models": []}, {"temperatures": cand.params.get(
+                "temperatures")})
+            continue
+        if rule == "patience":
+            k = min(t.params["patience"], cand.arch.num_exits)
+            assert cand.params == {"k": k}
+            assert np.allclose(cand.thresholds, (k - 0.5) / cand.arch.num_exits)
+        if rule == "decider":
+            assert cand.params["tau"] == t.params["tau"] and len(cand.params["models"]) == cand.arch.num_exits - 1
+
+
+def test_patience_trial_leaves_where_k_exits_agree(trained: Any, make_cfg: Callable[..., Any], tmp_path: Path) -> None:
+    exp, study, _ = _search(make_cfg, trained, tmp_path, "patience", n=6)
+    assert any(len(t.user_attrs["exit_histogram"]) > 2 for t in study.get_trials())
+    for t in study.get_trials():
+        cand = Candidate.from_dict(t.user_attrs[CANDIDATE_ATTR])
+        cache = exp.evaluator.cache(cand.arch, "val")
+        if cache.num_exits == 1:
+            continue
+        pred = cache.logits.argmax(-1)
+        k, want = cand.params["k"], []
+        for n in range(cache.num_samples):  # the rule, spelled out image by image
+            run, leave = 0, cache.num_exits - 1
+            for e in range(cache.num_exits - 1):
+                run = run + 1 if e and pred[e, n] == pred[e - 1, n] else 1
+                if run >= k:
+                    leave = e
+                    break
+            want.append(leave)
+        assert t.user_attrs["exit_histogram"] == np.bincount(want, minlength=cache.num_exits).tolist()
+
+
+def test_export_refuses_a_policy_the_runtime_cannot_run(trained: Any, make_cfg: Callable[..., Any],
+                                                        tmp_path: Path) -> None:
+    _, study, url = _search(make_cfg, trained, tmp_path, "patience", n=1)
+    with pytest.raises(UserError, match="'patience' policy"):
+        export_trial(url, "test", study.get_trials()[0].number, tmp_path / "out", onnx=False)
+    assert not (tmp_path / "out").exists()  # nothing half-written
