@@ -173,6 +173,7 @@ class TrainConfig(_Checked):
     flip: bool | None = None
     seed: int = 0
     device: str = "auto"
+    threads: int | None = field(default=None, metadata=within(">= 1"))
     checkpoint_every: int = field(default=500, metadata=within(">= 1"))
     out: str = "runs/exp"
     progress: bool = True

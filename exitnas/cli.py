@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from exitnas._errors import UserError
 
 if TYPE_CHECKING:
+    from exitnas._config import ExperimentConfig
     from exitnas.experiment import Experiment
 
 __all__ = ["main"]
@@ -23,6 +24,21 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="experiment YAML file (defaults apply to what it leaves out)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set train.epochs=5 (repeatable)")
+
+
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads torch uses (default: train.threads, else OMP_NUM_THREADS, else the "
+                        "physical cores this process may use); results can differ in the last digits between counts")
+
+
+def _apply_threads(args: argparse.Namespace, cfg: ExperimentConfig | None = None) -> None:
+    """Once per command, before any work: ``--threads``, else the config's ``train.threads``, else the default."""
+    from exitnas._config import TrainConfig, check_field
+    from exitnas._threads import set_threads
+
+    check_field(TrainConfig, "threads", args.threads, key="--threads")
+    set_threads(args.threads if args.threads is not None else cfg.train.threads if cfg is not None else None)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -43,6 +59,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
+    _apply_threads(args, cfg)
     result = train_supernet(cfg, resume=args.resume)
     print(f"trained {result.steps} steps at {result.images_per_s:.0f} images/s; checkpoint: {result.checkpoint}")
     return 0
@@ -53,6 +70,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from exitnas.results import evaluate_arch, read_arch
 
     exp = _open_experiment(args)
+    _apply_threads(args, exp.cfg)
     arch = read_arch(args.arch, exp.space)
     out = Path(args.out) if args.out else exp.checkpoint.with_name("evaluate.json")
     evaluate_arch(exp, arch, read_thresholds(args.thresholds, arch.num_exits), out)
@@ -88,6 +106,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     flags = {f"search.{k}": getattr(args, k) for k in _SEARCH_FLAGS if getattr(args, k) is not None}
     base = _checkpoint_config(args.checkpoint) if args.config is None else None
     cfg = load_checked_config(args.config, args.overrides, base=base, flags=flags)
+    _apply_threads(args, cfg)
     front = run_search(cfg)
     print(f"Pareto front of study {cfg.search.study!r} ({cfg.search.storage}):")
     print(format_front(front))
@@ -98,6 +117,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from exitnas.results import build_report
     from exitnas.results._report import VAL_GAP_WARN
 
+    _apply_threads(args)
     r = build_report(args.storage, args.study, args.checkpoint, args.out, trial=args.trial,
                      upload=not args.no_artifacts)
     print(f"report of study {r.front.study_name!r}: {len(r.front.pareto)} Pareto trials, "
@@ -125,6 +145,7 @@ def _checkpoint_config(checkpoint: str | None) -> dict | None:  # type: ignore[t
 def _cmd_export(args: argparse.Namespace) -> int:
     from exitnas.results._export import export_trial
 
+    _apply_threads(args)
     r = export_trial(args.storage, args.study, args.trial, args.out, args.checkpoint, onnx=not args.no_onnx)
     print(f"exported to {r.directory}:")
     for p in (r.arch_json, r.weights, r.torchscript, r.onnx):
@@ -139,6 +160,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
     for flag in ("epochs", "lr"):  # they stand in for train.epochs and train.lr: the same ranges
         check_field(TrainConfig, flag, getattr(args, flag), key=f"--{flag}")
+    _apply_threads(args)
     arch_json = Path(args.arch_json)
     out = Path(args.out) if args.out else arch_json.parent.parent / (arch_json.parent.name + "-retrained")
     r = retrain_export(arch_json, out, scratch=not args.finetune, epochs=args.epochs, lr=args.lr, seed=args.seed)
@@ -155,6 +177,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from exitnas.experiment import Experiment
 
     exp = Experiment(load_checked_config(args.config, args.overrides), device=args.device)
+    _apply_threads(args, exp.cfg)
     table = profile_space(exp.space, exp.splits.image_size, exp.device, repeats=args.repeats)
     table.save(args.out)
     print(f"measured {len(table.entries)} ops on {table.device_name}; wrote {args.out}")
@@ -164,6 +187,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from exitnas._demo import run_demo
 
+    _apply_threads(args)
     return run_demo(Path(args.out), quick=args.quick)
 
 
@@ -177,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train, evaluate and report a small supernet on the built-in digits data")
     p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
     p.add_argument("--quick", action="store_true", help="a smaller run (for tests)")
+    _add_threads_arg(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("list", help="list registered search spaces, exit heads, losses and datasets")
@@ -186,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from <train.out>/supernet.pt")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    _add_threads_arg(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("search", help="search archs and thresholds with Optuna (locally or on Ray)")
@@ -201,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", help="nsga2 (default), tpe, gp, random")
     p.add_argument("--objective", choices=["macs", "latency"])
     p.add_argument("--latency-table", help="lut.json from exitnas profile (for --objective latency)")
+    _add_threads_arg(p)
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("profile", help="measure block and head latencies at batch size 1 into a table")
@@ -208,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True, help="lut.json to write")
     p.add_argument("--repeats", type=int, default=30)
+    _add_threads_arg(p)
     p.set_defaults(func=_cmd_profile)
 
     p = sub.add_parser("report", help="HTML report of a study: front, test numbers, curves, progress")
@@ -218,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=int, help="trial to draw curves for (default: the most accurate Pareto "
                    "point at or below the front's median expected cost)")
     p.add_argument("--no-artifacts", action="store_true", help="do not attach the files to the study")
+    _add_threads_arg(p)
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("export", help="export a trial: arch.json, weights, TorchScript and ONNX")
@@ -228,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--checkpoint", help="supernet checkpoint (default: the one the study was searched on)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")
+    _add_threads_arg(p)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("retrain", help="train an exported arch on its own, refit thresholds, report test")
@@ -237,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, help="default: the experiment's train.epochs")
     p.add_argument("--lr", type=float, help="default: train.lr (scratch) or a tenth of it (fine-tune)")
     p.add_argument("--seed", type=int, default=0)
+    _add_threads_arg(p)
     p.set_defaults(func=_cmd_retrain)
 
     p = sub.add_parser("evaluate", help="evaluate one architecture of a trained supernet")
@@ -247,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True, help="ArchConfig JSON file (or 'largest' / 'smallest')")
     p.add_argument("--thresholds", help="comma-separated thresholds, one per non-final exit")
     p.add_argument("--out", help="JSON file for the results (default: next to the checkpoint)")
+    _add_threads_arg(p)
     p.set_defaults(func=_cmd_evaluate)
     return parser
 

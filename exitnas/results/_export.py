@@ -145,6 +145,7 @@ def write_export(out: str | Path, net: StaticNet, meta: dict[str, Any], mean: li
         "files": files,
     }
     full["provenance"] = {**meta.get("provenance", {}), "versions": library_versions(),
+                          "threads": torch.get_num_threads(),
                           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     arch_json = d / "arch.json"
     atomic_write(arch_json, lambda p: Path(p).write_text(json.dumps(full, indent=1)))

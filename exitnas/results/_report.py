@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 import plotly.graph_objects as go
 import plotly.io as pio
+import torch
 
 from exitnas._errors import UserError
 from exitnas.experiment import Experiment
@@ -137,7 +138,7 @@ def build_report(storage_url: str, study_name: str | None, checkpoint: str | Pat
     report = out / REPORT_NAME
     gap = max(abs(p.val_accuracy_rerun - p.val_accuracy) for p in tests)
     meta = {"checkpoint": str(ckpt), "chosen": chosen, "rule": None if trial is not None else CHOICE_RULE,
-            "val_gap": gap, "max_points": max_points}
+            "val_gap": gap, "max_points": max_points, "threads": torch.get_num_threads()}
     atomic_write_bytes(report, render_html(front, tests, figures, meta).encode())
     summary = out / "summary.json"
     atomic_write_bytes(summary, json.dumps(_summary(front, tests, curves, progress, meta), indent=1).encode())
@@ -153,14 +154,13 @@ def render_html(front: FrontInfo, tests: tuple[TestPoint, ...], figures: dict[st
                 meta: dict[str, Any]) -> str:
     """The report page: plotly.js inline once in the head, every figure after it, the table."""
     import plotly
-    import torch
     from plotly.offline import get_plotlyjs
 
     import exitnas
 
     e = html.escape
-    versions = f"exitnas {exitnas.__version__}, torch {torch.__version__}, optuna {optuna.__version__}, " \
-               f"plotly {plotly.__version__}"
+    versions = f"exitnas {exitnas.__version__}, torch {torch.__version__} ({meta['threads']} threads), " \
+               f"optuna {optuna.__version__}, plotly {plotly.__version__}"
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     n_complete = len(front.trials)
     chosen = meta["chosen"]

@@ -156,6 +156,7 @@ def _retrained_meta(meta: dict[str, Any], ev: ExportEvaluation, costs: dict[str,
         **meta.get("provenance", {}),
         "source": "retrained from scratch" if sched.scratch else "fine-tuned from the inherited weights",
         "retrain": {"epochs": sched.epochs, "lr": sched.lr, "seed": sched.seed, "from": source,
+                    "threads": torch.get_num_threads(),
                     "thresholds_refit_on": "val",
                     **({"ms_budget": budget["budget_ms"]} if "budget_ms" in budget
                        else {"mmacs_budget": budget["budget_macs"] / 1e6})},

@@ -273,6 +273,7 @@ def _state(model: Supernet, opt: torch.optim.Optimizer, sched: Any, space: Searc
         "total_steps": total,
         "space": space.to_dict(),
         "config": yaml.safe_load(cfg.to_yaml()),
+        "threads": torch.get_num_threads(),  # the count this run trained with (results can differ by it)
     }
 
 

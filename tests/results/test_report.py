@@ -113,6 +113,7 @@ def test_html_is_self_contained(report: ReportResult) -> None:
     assert not list(report.html.parent.rglob("*.tmp"))
     summary = json.loads(report.summary.read_text())
     assert summary["chosen"] == report.chosen_trial and summary["pareto"] == list(report.front.pareto)
+    assert summary["threads"] >= 1 and f"({summary['threads']} threads)" in text
 
 
 def test_artifacts_are_attached_to_the_study(report: ReportResult, searched: Any) -> None:
