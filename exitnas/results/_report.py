@@ -79,12 +79,10 @@ class ReportResult:
 
 def default_out_dir(storage_url: str, study_name: str) -> Path:
     """``report-<study>`` beside a SQLite or journal file, else in the current folder."""
-    for prefix in ("sqlite:///", "journal://"):
-        if storage_url.startswith(prefix):
-            return Path(storage_url.removeprefix(prefix)).parent / f"report-{study_name}"
-    if storage_url.endswith((".log", ".jsonl")):
-        return Path(storage_url).parent / f"report-{study_name}"
-    return Path(f"report-{study_name}")
+    from exitnas._storage import storage_path
+
+    path = storage_path(storage_url)
+    return (path.parent if path is not None else Path()) / f"report-{study_name}"
 
 
 def build_report(storage_url: str, study_name: str | None, checkpoint: str | Path | None = None,
