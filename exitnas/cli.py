@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from exitnas._errors import UserError
+from exitnas._errors import ExitnasWarning, UserError
 
 if TYPE_CHECKING:
     from exitnas._config import ExperimentConfig
@@ -61,6 +62,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     _apply_threads(args, cfg)
     result = train_supernet(cfg, resume=args.resume)
+    if result.already_complete:
+        print(f"already complete at step {result.steps} (train.epochs {cfg.train.epochs:g}); nothing to train; "
+              f"checkpoint: {result.checkpoint}")
+        return 0
     print(f"trained {result.steps} steps at {result.images_per_s:.0f} images/s; checkpoint: {result.checkpoint}")
     return 0
 
@@ -283,6 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(shown_before: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints exitnas's own warnings as one line, as errors are,
+    and hands others to ``shown_before``."""
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, ExitnasWarning):
+            print(f"exitnas: warning: {message}", file=sys.stderr)
+        else:
+            shown_before(message, category, *args, **kwargs)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
@@ -293,7 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        with warnings.catch_warnings():  # restores showwarning for an in-process caller
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            return func(args)
     except UserError as e:
         print(f"exitnas: error: {e}", file=sys.stderr)
         return 2

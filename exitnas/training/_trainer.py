@@ -6,6 +6,7 @@ import contextlib
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from exitnas._config import EXIT_SETS, ExperimentConfig, TrainConfig
-from exitnas._errors import UserError
+from exitnas._errors import ExitnasWarning, UserError
 from exitnas.data import GpuBatchLoader, ImageSplits, load_dataset
 from exitnas.search_space import ROUTINGS, ArchConfig, SearchSpace, Supernet, build_space
 from exitnas.training._checkpoint import check_space, load_checkpoint, save_checkpoint
@@ -29,17 +30,21 @@ from exitnas.training._dist import (
 from exitnas.training._losses import LOSSES
 
 __all__ = ["TrainResult", "gate_penalty", "load_supernet", "lr_at", "make_optimizer", "resolve_device",
-           "sandwich_archs", "space_for", "train_loader", "train_supernet"]
+           "sandwich_archs", "space_for", "train_loader", "train_supernet", "warn_if_all_warmup"]
 
 CHECKPOINT_NAME = "supernet.pt"
 
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What one ``train_supernet`` call did; ``already_complete``: a resumed run that had
+    already reached its last step, so nothing was trained."""
+
     checkpoint: Path
     steps: int
     images_per_s: float
     last_loss: float
+    already_complete: bool = False
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -88,6 +93,14 @@ def gate_penalty(gate_use: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
     return used / sum(total for _, total in gate_use)
 
 
+def warn_if_all_warmup(tc: TrainConfig, epochs: float) -> None:
+    """Warn when the warm-up lasts the whole run: the learning rate would only rise, never decay."""
+    if 0 < epochs <= tc.warmup_epochs:
+        warnings.warn(f"train.warmup_epochs {tc.warmup_epochs:g} >= the run's {epochs:g} epochs: the whole run is "
+                      "warm-up and the learning rate never decays; lower train.warmup_epochs", ExitnasWarning,
+                      stacklevel=2)
+
+
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to zero."""
     if step < warmup:
@@ -114,6 +127,9 @@ def train_supernet(
     _check_options(cfg.train)
     run = _Run.open(cfg, splits)
     step = run.resume() if resume and run.ckpt_path.exists() else 0
+    if step >= run.total:  # a finished run resumed: nothing to train, and its config.yaml stays
+        return TrainResult(run.ckpt_path, step, 0.0, float("nan"), already_complete=True)
+    warn_if_all_warmup(cfg.train, cfg.train.epochs)
     broadcast_parameters(run.model, run.info)
     if run.info.is_main:
         run.ckpt_path.parent.mkdir(parents=True, exist_ok=True)

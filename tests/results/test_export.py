@@ -15,7 +15,7 @@ from exitnas._errors import UserError
 from exitnas.results._export import export_trial, load_trial
 from exitnas.runtime import load_export
 from exitnas.search_space import ArchConfig
-from exitnas.training import load_supernet
+from exitnas.training import load_checkpoint, load_supernet
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +158,22 @@ def test_retrain_reports_test_accuracy_and_refits_within_budget(exported, tmp_pa
     model, new_meta = load_export(tmp_path / "re")
     assert new_meta["provenance"]["source"].startswith("fine-tuned")
     assert new_meta["metrics"]["test"]["accuracy"] == pytest.approx(res.test_accuracy)
+
+
+def test_export_carries_the_supernet_training_recipe(searched, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A study whose config says other training than its checkpoint's: the export (and so
+    retrain) takes the checkpoint's recipe; where and how to run stays the study's."""
+    from exitnas.experiment import Experiment
+    from exitnas.results import open_study
+
+    study = open_study(searched.storage, searched.study)
+    attrs = dict(study.user_attrs)
+    trained = load_checkpoint(searched.checkpoint)["config"]["train"]
+    attrs["config"] = {**attrs["config"], "train": {**attrs["config"]["train"], "epochs": 60.0, "lr": 0.7,
+                                                    "device": "cpu", "out": "elsewhere"}}
+    exp = Experiment.from_study(attrs, searched.study, searched.checkpoint)
+    assert (exp.cfg.train.epochs, exp.cfg.train.lr) == (trained["epochs"], trained["lr"])
+    assert exp.cfg.train.out == "elsewhere"
 
 
 def test_export_bad_input(searched, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
