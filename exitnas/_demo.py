@@ -69,5 +69,6 @@ def run_demo(out: Path, quick: bool = False) -> int:
     print(f"done in {time.perf_counter() - t0:.0f} s. wrote:")
     for p in paths:
         print(f"  {p}")
-    print(f"inspect the study (pip install optuna-dashboard): optuna-dashboard {cfg.search.storage}")
+    print(f"inspect the study and the report (pip install optuna-dashboard): "
+          f"optuna-dashboard {cfg.search.storage} --artifact-dir {report.artifact_dir}")
     return 0

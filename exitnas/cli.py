@@ -131,7 +131,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for path in (*r.figures.values(), r.summary):
         print(f"  {path}")
     if r.artifact_ids:
-        print(f"attached {len(r.artifact_ids)} artifacts to the study ({r.html.parent / 'artifacts'})")
+        print(f"attached {len(r.artifact_ids)} artifacts to the study; to see them in optuna-dashboard:\n"
+              f"  optuna-dashboard {args.storage} --artifact-dir {r.artifact_dir}")
     if r.val_gap > VAL_GAP_WARN:
         print(f"exitnas: warning: val accuracy measured again differs from the stored one by up to "
               f"{r.val_gap:.4f}; is --checkpoint the supernet the study searched?", file=sys.stderr)
