@@ -56,7 +56,8 @@ def create_or_load_study(exp: Experiment, seed_offset: int = 0) -> optuna.Study:
 def _study_attrs(exp: Experiment) -> dict[str, object]:
     sc = exp.cfg.search
     return {"exitnas_space": exp.space.to_dict(), "objective": sc.objective, "exit_rule": sc.exit_rule,
-            "checkpoint": str(exp.checkpoint.resolve()), "config": exp.cfg.to_dict()}
+            "checkpoint": str(exp.checkpoint.resolve()), "config": exp.cfg.to_dict(),
+            "classes": list(exp.splits.classes)}
 
 
 def _check_same_study(study: optuna.Study, exp: Experiment) -> None:

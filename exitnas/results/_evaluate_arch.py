@@ -48,12 +48,14 @@ def evaluate_arch(exp: Experiment, arch: ArchConfig, thresholds: np.ndarray | No
     result: dict[str, Any] = {
         "arch": arch.to_dict(),
         "checkpoint": str(exp.checkpoint),
+        "classes": list(exp.splits.classes),
         "confidence": ev.kind,
         "costs": costs.to_dict(),
         "anytime": {"val": [asdict(p) for p in anytime(val)], "test": [asdict(p) for p in anytime(test)]},
         "oracle_test": asdict(oracle(test)),
         "budgeted_batch_test": [asdict(p) for p in budgeted_batch(val, test)],
     }
+    print(f"classes ({exp.splits.name}): " + ", ".join(f"{i} {c}" for i, c in enumerate(exp.splits.classes)))
     _print_exits(arch, costs.params, val, test)
     orc = result["oracle_test"]
     print(f"oracle (test): accuracy {orc['accuracy']:.4f} at {orc['macs'] / 1e6:.3f} MMACs")

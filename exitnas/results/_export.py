@@ -75,7 +75,8 @@ def export_trial(storage: str, study_name: str, number: int | None, out: str | P
     cand = trial_candidate(load_front(storage, study_name), trial.number, exp.evaluator)
     net = exp.evaluator.subnet(cand.arch)
     exit_ms = trial.user_attrs.get("exit_ms")  # a latency search's ms of leaving at each exit
-    meta = {**cand.to_dict(), "space": exp.space.to_dict(), "experiment": exp.cfg.to_dict(),
+    meta = {**cand.to_dict(), "classes": list(exp.splits.classes), "space": exp.space.to_dict(),
+            "experiment": exp.cfg.to_dict(),
             "costs": exp.evaluator.costs(cand.arch).to_dict(), "metrics": export_metrics(exp, cand, exit_ms)}
     if exit_ms is not None:
         meta["exit_ms"] = [float(v) for v in exit_ms]

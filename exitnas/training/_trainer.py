@@ -159,6 +159,7 @@ class _Run:
     loader: GpuBatchLoader
     total: int
     ckpt_path: Path
+    classes: tuple[str, ...]
 
     @classmethod
     def open(cls, cfg: ExperimentConfig, splits: ImageSplits | None) -> _Run:
@@ -182,7 +183,8 @@ class _Run:
         total = max(1, round(tc.epochs * spe))
         warmup = min(total, round(tc.warmup_epochs * spe))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, total, warmup, 1.0))
-        return cls(cfg, info, device, space, model, opt, sched, loader, total, Path(tc.out) / CHECKPOINT_NAME)
+        return cls(cfg, info, device, space, model, opt, sched, loader, total, Path(tc.out) / CHECKPOINT_NAME,
+                   splits.classes)
 
     def resume(self) -> int:
         """Load the checkpoint's model, optimiser, schedule and RNG states; return its step."""
@@ -198,8 +200,8 @@ class _Run:
         return int(state["step"])
 
     def save(self, step: int) -> None:
-        save_checkpoint(self.ckpt_path, _state(self.model, self.opt, self.sched, self.space, self.cfg, step,
-                                               self.total))
+        state = _state(self.model, self.opt, self.sched, self.space, self.cfg, step, self.total)
+        save_checkpoint(self.ckpt_path, {**state, "classes": list(self.classes)})
 
     def loop(self, step: int, end: int) -> TrainResult:
         """Train from ``step`` to ``end``, with a progress bar and checkpoints."""

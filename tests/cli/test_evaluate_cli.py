@@ -53,6 +53,7 @@ def test_largest_prints_table_and_writes_json(checkpoint: Path, tmp_path: Path,
     rows = lines[header + 1 : header + 5]
     assert [r.split()[0] for r in rows] == ["0", "1", "2", "3"]  # largest: an exit at each of 4 blocks
     assert any(line.startswith("oracle (test)") for line in lines)
+    assert "classes (digits): 0 0, 1 1, 2 2, 3 3, 4 4, 5 5, 6 6, 7 7, 8 8, 9 9" in lines
     assert any(line.startswith("thresholds on test") for line in lines)
     assert lines[-1] == f"wrote {out}"
 

@@ -35,6 +35,7 @@ def test_export_writes_every_file_with_hashes(exported) -> None:  # type: ignore
     assert prov["trial"] == trial.number and len(prov["checkpoint_sha256"]) == 64
     assert prov["versions"]["torch"] == torch.__version__
     assert prov["threads"] == torch.get_num_threads()  # results can differ between thread counts
+    assert meta["classes"] == [str(d) for d in range(10)]  # digits, named by label
     assert meta["metrics"]["val"]["accuracy"] == pytest.approx(trial.values[0])
     assert 0.0 <= meta["metrics"]["test"]["accuracy"] <= 1.0
     assert not list(r.directory.glob(".*.tmp"))
@@ -171,6 +172,7 @@ def test_export_carries_the_supernet_training_recipe(searched, tmp_path: Path) -
     trained = load_checkpoint(searched.checkpoint)["config"]["train"]
     attrs["config"] = {**attrs["config"], "train": {**attrs["config"]["train"], "epochs": 60.0, "lr": 0.7,
                                                     "device": "cpu", "out": "elsewhere"}}
+    assert attrs["classes"] == load_checkpoint(searched.checkpoint)["classes"] == [str(d) for d in range(10)]
     exp = Experiment.from_study(attrs, searched.study, searched.checkpoint)
     assert (exp.cfg.train.epochs, exp.cfg.train.lr) == (trained["epochs"], trained["lr"])
     assert exp.cfg.train.out == "elsewhere"
