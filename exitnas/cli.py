@@ -58,7 +58,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_checked_config(args.config, args.overrides)
     if args.print_config:
-        print(cfg.to_yaml(), end="")
+        from exitnas._config import commented_yaml
+
+        print(commented_yaml(cfg), end="")
         return 0
     _apply_threads(args, cfg)
     result = train_supernet(cfg, resume=args.resume)
@@ -186,7 +188,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     _apply_threads(args, exp.cfg)
     table = profile_space(exp.space, exp.splits.image_size, exp.device, repeats=args.repeats)
     table.save(args.out)
-    print(f"measured {len(table.entries)} ops on {table.device_name}; wrote {args.out}")
+    noise = table.noise
+    print(f"measured {len(table.entries)} ops on {table.device_name} (timing spread {noise['median_relative_iqr']:.0%} "
+          f"of the median; an op timed again {noise['repeat_change']:.0%} off); wrote {args.out}")
     return 0
 
 
