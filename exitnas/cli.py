@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -201,95 +202,200 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), quick=args.quick)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from exitnas import __version__
+def _add_study_args(p: argparse.ArgumentParser, *, storage: str, study: str, checkpoint: str,
+                    storage_required: bool = False, study_required: bool = False, trial: str | None = None) -> None:
+    """The options that name a study and its supernet, shared by search, report, export and evaluate."""
+    p.add_argument("--storage", required=storage_required, help=storage)
+    p.add_argument("--study", required=study_required, help=study)
+    if trial is not None:
+        p.add_argument("--trial", type=int, help=trial)
+    p.add_argument("--checkpoint", help=checkpoint)
 
-    parser = argparse.ArgumentParser(prog="exitnas", description="Search early-exit neural networks.")
-    parser.add_argument("--version", action="version", version=f"exitnas {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="train, evaluate and report a small supernet on the built-in digits data")
-    p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
-    p.add_argument("--quick", action="store_true", help="a smaller run (for tests)")
+def _add_stored_trial_args(p: argparse.ArgumentParser, *, study: str, named: bool, trial: str, out: str) -> None:
+    """report and export: a stored study, one of its trials, its supernet and where to write;
+    ``named``: the study and the folder must be given (export), else they have defaults (report)."""
+    _add_study_args(p, storage="the study's storage URL", study=study, storage_required=True,
+                    study_required=named, trial=trial,
+                    checkpoint="supernet checkpoint (default: the one the study was searched on)")
+    p.add_argument("--out", required=named, help=out)
+
+
+#: ``--storage`` help: the URL rule (README, "Storage and several workers").
+_STORAGE_URLS = ("sqlite:///relative.db (four slashes: absolute), journal:///FILE.log for several workers, "
+                 "or postgresql://USER@HOST:PORT/DB")
+_CHOSEN = "the most accurate Pareto point at or below the front's median expected cost"
+
+
+#: Each subcommand's one-line help, description and examples (its ``--help`` and epilog).
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "demo": (
+        "train, search, report and export a small supernet on the built-in digits data",
+        "The whole pipeline in a few minutes on a CPU: train a small supernet once, search archs and "
+        "thresholds, write the report and export the chosen trial; prints every file it wrote.",
+        "  exitnas demo\n  exitnas demo --out /tmp/demo --threads 1",
+    ),
+    "list": (
+        "list registered search spaces, exit heads, losses, samplers and datasets",
+        "Every registered name a config may use, with one line on what it does.",
+        "  exitnas list",
+    ),
+    "train": (
+        "train a supernet once",
+        "Train the config's supernet (sandwich sampling, in-place distillation) into "
+        "<train.out>/supernet.pt, with its resolved config.yaml beside it.",
+        "  exitnas train --print-config > exp.yaml\n  exitnas train --config exp.yaml\n"
+        "  exitnas train --config exp.yaml --set train.epochs=5 --resume",
+    ),
+    "search": (
+        "search archs and thresholds with Optuna (locally or on Ray)",
+        "Search subnets and exit thresholds of a trained supernet for the front of val accuracy "
+        "against expected cost; every trial is stored in the study (the same name resumes it).",
+        "  exitnas search --checkpoint runs/exp/supernet.pt --storage sqlite:///runs/exp/study.db --trials 200\n"
+        "  exitnas search --config exp.yaml --backend ray --workers 4 --storage journal:///runs/exp/study.log",
+    ),
+    "profile": (
+        "measure block and head latencies at batch size 1 into a table",
+        "Time every block choice, the stem, every head and the exit decision through the deployed "
+        "runtime, and warn when the machine is too noisy for the numbers to hold.",
+        "  exitnas profile --config exp.yaml --device cpu --threads 1 --out lut.json",
+    ),
+    "report": (
+        "HTML report of a study: front, test numbers, curves, progress",
+        "Read the front from the database, measure the chosen points on test with their stored "
+        "thresholds, and write report.html (offline), figures and summary.json; the files are also "
+        "attached to the study (optuna-dashboard --artifact-dir <out>/artifacts shows them).",
+        "  exitnas report --storage sqlite:///runs/exp/study.db\n"
+        "  exitnas report --storage sqlite:///runs/exp/study.db --study c10 --trial 42 --out r42",
+    ),
+    "export": (
+        "export a trial: arch.json, weights, TorchScript and ONNX",
+        "Write one trial as a deployable model: arch.json (arch, thresholds, metrics, class names, "
+        "provenance), the inherited weights, a TorchScript early-exit model and an ONNX file.",
+        "  exitnas export --storage sqlite:///runs/exp/study.db --study c10 --out runs/exp/best\n"
+        "  exitnas export --storage sqlite:///runs/exp/study.db --study c10 --trial 42 --out t42",
+    ),
+    "retrain": (
+        "train an exported arch on its own, refit thresholds, report test",
+        "Train an export's arch alone with the recipe its supernet was trained with (from scratch, "
+        "or fine-tune the inherited weights), refit the thresholds on val to the export's expected "
+        "cost, and write a new export with test numbers.",
+        "  exitnas retrain runs/exp/t42/arch.json\n  exitnas retrain runs/exp/t42/arch.json --finetune --epochs 5",
+    ),
+    "evaluate": (
+        "evaluate one architecture of a trained supernet",
+        "Measure one arch as the search does: per-exit accuracy and MACs, the budgeted-batch and "
+        "anytime protocols and the oracle on test, and given thresholds; writes the numbers as JSON.",
+        "  exitnas evaluate --checkpoint runs/exp/supernet.pt --arch largest\n"
+        "  exitnas evaluate --storage sqlite:///runs/exp/study.db --arch arch.json --thresholds 0.9,0.8",
+    ),
+}
+
+
+def _subparser(sub: Any, name: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    help, description, examples = _COMMANDS[name]
+    # Raw text keeps the examples one per line; the description is wrapped here.
+    p = sub.add_parser(name, help=help, description=textwrap.fill(description, 88), epilog="examples:\n" + examples,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_demo_and_list(sub: Any) -> None:
+    p = _subparser(sub, "demo", _cmd_demo)
+    p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a smaller run, 3 epochs and 12 trials (for tests)")
     _add_threads_arg(p)
-    p.set_defaults(func=_cmd_demo)
+    _subparser(sub, "list", _cmd_list)
 
-    p = sub.add_parser("list", help="list registered search spaces, exit heads, losses and datasets")
-    p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("train", help="train a supernet once")
+def _add_train(sub: Any) -> None:
+    p = _subparser(sub, "train", _cmd_train)
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from <train.out>/supernet.pt")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config, each key commented, and exit")
     _add_threads_arg(p)
-    p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("search", help="search archs and thresholds with Optuna (locally or on Ray)")
+
+def _add_search(sub: Any) -> None:
+    p = _subparser(sub, "search", _cmd_search)
     _add_config_args(p)
-    p.add_argument("--checkpoint", help="supernet checkpoint (default: <train.out>/supernet.pt)")
-    p.add_argument("--storage", help="sqlite:///FILE.db, journal:///FILE.log or postgresql://...")
-    p.add_argument("--study", help="study name (the same name resumes it)")
-    p.add_argument("--backend", choices=["local", "ray"])
-    p.add_argument("--workers", type=int, help="Ray workers")
+    _add_study_args(p, storage=f"where trials are stored: {_STORAGE_URLS}",
+                    study="study name (the same name resumes it)",
+                    checkpoint="supernet checkpoint (default: <train.out>/supernet.pt; without --config its "
+                               "config is the experiment's)")
+    p.add_argument("--backend", choices=["local", "ray"], help="run trials in this process or on Ray workers")
+    p.add_argument("--workers", type=int, help="Ray workers (with --backend ray), each running trials")
     p.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
-    p.add_argument("--gpus-per-worker", type=float)
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs each Ray worker takes (fractions share a GPU)")
     p.add_argument("--trials", type=int, help="complete trials the study should reach")
-    p.add_argument("--sampler", help="nsga2 (default), tpe, gp, random")
-    p.add_argument("--objective", choices=["macs", "latency"])
+    p.add_argument("--sampler", help="nsga2 (default), tpe, gp or random")
+    p.add_argument("--objective", choices=["macs", "latency"],
+                   help="second objective: expected MACs, or expected latency from --latency-table")
     p.add_argument("--latency-table", help="lut.json from exitnas profile (for --objective latency)")
     _add_threads_arg(p)
-    p.set_defaults(func=_cmd_search)
 
-    p = sub.add_parser("profile", help="measure block and head latencies at batch size 1 into a table")
+
+def _add_profile(sub: Any) -> None:
+    p = _subparser(sub, "profile", _cmd_profile)
     _add_config_args(p)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.add_argument("--out", required=True, help="lut.json to write")
-    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=30,
+                   help="timed samples per op (each 5 calls; median and spread kept; default: %(default)s)")
     _add_threads_arg(p)
-    p.set_defaults(func=_cmd_profile)
 
-    p = sub.add_parser("report", help="HTML report of a study: front, test numbers, curves, progress")
-    p.add_argument("--storage", required=True, help="the study's storage URL")
-    p.add_argument("--study", help="study name (default: the storage's only study)")
-    p.add_argument("--checkpoint", help="supernet checkpoint (default: the one the study was searched on)")
-    p.add_argument("--out", help="folder to write (default: report-<study> beside the database file)")
-    p.add_argument("--trial", type=int, help="trial to draw curves for (default: the most accurate Pareto "
-                   "point at or below the front's median expected cost)")
+
+def _add_report_and_export(sub: Any) -> None:
+    p = _subparser(sub, "report", _cmd_report)
+    _add_stored_trial_args(p, study="study name (default: the storage's only study)", named=False,
+                           trial=f"trial to draw curves for (default: {_CHOSEN})",
+                           out="folder to write (default: report-<study> beside the database file)")
     p.add_argument("--no-artifacts", action="store_true", help="do not attach the files to the study")
     _add_threads_arg(p)
-    p.set_defaults(func=_cmd_report)
-
-    p = sub.add_parser("export", help="export a trial: arch.json, weights, TorchScript and ONNX")
-    p.add_argument("--storage", required=True, help="the study's storage URL")
-    p.add_argument("--study", required=True, help="study name")
-    p.add_argument("--trial", type=int, help="trial number (default: the report's choice: the most accurate "
-                   "Pareto point at or below the front's median expected cost)")
-    p.add_argument("--out", required=True, help="folder to write")
-    p.add_argument("--checkpoint", help="supernet checkpoint (default: the one the study was searched on)")
+    p = _subparser(sub, "export", _cmd_export)
+    _add_stored_trial_args(p, study="study name", named=True, out="folder to write",
+                           trial=f"trial number (default: the report's choice: {_CHOSEN})")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")
     _add_threads_arg(p)
-    p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("retrain", help="train an exported arch on its own, refit thresholds, report test")
+
+def _add_retrain(sub: Any) -> None:
+    p = _subparser(sub, "retrain", _cmd_retrain)
     p.add_argument("arch_json", help="arch.json of an export")
     p.add_argument("--out", help="folder for the retrained export (default: <export>-retrained)")
     p.add_argument("--finetune", action="store_true", help="start from the inherited weights (default: scratch)")
-    p.add_argument("--epochs", type=float, help="default: the experiment's train.epochs")
-    p.add_argument("--lr", type=float, help="default: train.lr (scratch) or a tenth of it (fine-tune)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=float, help="default: the supernet's train.epochs")
+    p.add_argument("--lr", type=float, help="default: the supernet's train.lr (scratch) or a tenth of it (fine-tune)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and data order (default: %(default)s)")
     _add_threads_arg(p)
-    p.set_defaults(func=_cmd_retrain)
 
-    p = sub.add_parser("evaluate", help="evaluate one architecture of a trained supernet")
+
+def _add_evaluate(sub: Any) -> None:
+    p = _subparser(sub, "evaluate", _cmd_evaluate)
     _add_config_args(p)
-    p.add_argument("--checkpoint", help="supernet checkpoint (supernet.pt; default with --storage: the study's)")
-    p.add_argument("--storage", help="measure as this study's search did (its data, recalibration, confidence)")
-    p.add_argument("--study", help="with --storage: the study (default: the storage's only study)")
+    _add_study_args(p, storage="measure as this study's search did (its data, recalibration, confidence)",
+                    study="with --storage: the study (default: the storage's only study)",
+                    checkpoint="supernet checkpoint (supernet.pt; default with --storage: the study's)")
     p.add_argument("--arch", required=True, help="ArchConfig JSON file (or 'largest' / 'smallest')")
     p.add_argument("--thresholds", help="comma-separated thresholds, one per non-final exit")
     p.add_argument("--out", help="JSON file for the results (default: next to the checkpoint)")
     _add_threads_arg(p)
-    p.set_defaults(func=_cmd_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``exitnas`` parser: one subcommand per step, each with a description and examples."""
+    from exitnas import __version__
+
+    parser = argparse.ArgumentParser(prog="exitnas", description="Search early-exit neural networks.",
+                                     epilog="start with: exitnas demo (a few minutes on a CPU); "
+                                            "exitnas <command> --help shows a command's options and examples")
+    parser.add_argument("--version", action="version", version=f"exitnas {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo_and_list, _add_train, _add_search, _add_profile, _add_report_and_export, _add_retrain,
+                _add_evaluate):
+        add(sub)
     return parser
 
 
