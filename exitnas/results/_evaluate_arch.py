@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from exitnas._errors import UserError
 from exitnas._io import atomic_write_bytes
@@ -50,6 +51,7 @@ def evaluate_arch(exp: Experiment, arch: ArchConfig, thresholds: np.ndarray | No
         "arch": arch.to_dict(),
         "checkpoint": str(exp.checkpoint),
         "classes": list(exp.splits.classes),
+        "threads": torch.get_num_threads(),
         "confidence": ev.kind,
         "costs": costs.to_dict(),
         "anytime": {"val": [asdict(p) for p in anytime(val)], "test": [asdict(p) for p in anytime(test)]},

@@ -63,6 +63,7 @@ def test_largest_prints_table_and_writes_json(checkpoint: Path, tmp_path: Path,
 
     result: dict[str, Any] = json.loads(out.read_text())
     assert result["arch"]["depths"] == [2, 2]
+    assert result["classes"] == [str(d) for d in range(10)] and result["threads"] >= 1
     macs = result["costs"]["macs"]
     assert len(macs) == 4 and macs == sorted(macs)
     assert [p["macs"] for p in result["anytime"]["test"]] == macs

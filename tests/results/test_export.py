@@ -173,6 +173,7 @@ def test_export_carries_the_supernet_training_recipe(searched, tmp_path: Path) -
     attrs["config"] = {**attrs["config"], "train": {**attrs["config"]["train"], "epochs": 60.0, "lr": 0.7,
                                                     "device": "cpu", "out": "elsewhere"}}
     assert attrs["classes"] == load_checkpoint(searched.checkpoint)["classes"] == [str(d) for d in range(10)]
+    assert attrs["threads"] >= 1 and load_checkpoint(searched.checkpoint)["threads"] >= 1
     exp = Experiment.from_study(attrs, searched.study, searched.checkpoint)
     assert (exp.cfg.train.epochs, exp.cfg.train.lr) == (trained["epochs"], trained["lr"])
     assert exp.cfg.train.out == "elsewhere"
