@@ -82,7 +82,7 @@ def throughput(cfg: ExperimentConfig, checkpoint: str, workers: int, trials: int
 
     name = f"bench-{workers}w{cpus}c-{run}"
     d = cfg.to_dict()
-    d["search"].update(storage=f"journal://{folder / f'{name}.log'}", study=name, trials=trials, workers=workers,
+    d["search"].update(storage=f"journal:///{folder / f'{name}.log'}", study=name, trials=trials, workers=workers,
                        backend="ray", progress=False)
     cfg = ExperimentConfig.from_dict(d)
     create_or_load_study(Experiment(cfg, checkpoint))

@@ -30,8 +30,8 @@ from exitnas._errors import UserError
 from exitnas._registry import did_you_mean
 from exitnas.data import DataConfig
 
-__all__ = ["BACKENDS", "EXIT_SETS", "OBJECTIVES", "ExperimentConfig", "Range", "SearchConfig", "SpaceConfig",
-           "TrainConfig", "check_field", "load_config", "parse_overrides"]
+__all__ = ["BACKENDS", "EXIT_SETS", "FIELD_DOCS", "OBJECTIVES", "ExperimentConfig", "Range", "SearchConfig",
+           "SpaceConfig", "TrainConfig", "check_field", "commented_yaml", "load_config", "parse_overrides"]
 
 #: ``train.exit_sets``: which exits each sampled subnet trains (see ``training.sandwich_archs``).
 EXIT_SETS = ("auto", "all", "sampled")
@@ -173,6 +173,7 @@ class TrainConfig(_Checked):
     flip: bool | None = None
     seed: int = 0
     device: str = "auto"
+    threads: int | None = field(default=None, metadata=within(">= 1"))
     checkpoint_every: int = field(default=500, metadata=within(">= 1"))
     out: str = "runs/exp"
     progress: bool = True
@@ -219,6 +220,80 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
         return _build(cls, d, "")
+
+
+#: One line per key, for ``exitnas train --print-config`` (a test checks every key has one).
+FIELD_DOCS: dict[str, str] = {
+    "data.name": "dataset: digits (built in), cifar10, cifar100, image-folder, cifar10-jpeg (exitnas list)",
+    "data.root": "folder (or tar) of a file dataset; image-folder: root/train/<class>/, root/test/<class>/",
+    "data.val_size": "validation images held out of train: a count, or a fraction in (0, 1)",
+    "data.seed": "seed of the train/val split (the test split never moves)",
+    "data.cache_dir": "where decoded images are cached (default: <root>/.exitnas-cache)",
+    "data.channels": "1 or 3; empty: follow the images (1 when all are grayscale)",
+    "space.name": "search space (exitnas list)",
+    "space.channels": "channels of each stage at width 1.0",
+    "space.depths": "blocks a stage may run",
+    "space.widths": "width choices: a share of each stage's channels",
+    "space.ratios": "5x5 share choices of each block's conv (the rest is 3x3)",
+    "space.heads": "exit head types the search may pick (linear, msdnet, bof)",
+    "space.combine": "none | boost | ztw: how an exit uses the exits before it",
+    "space.gate": "none | emg: EMGNet's per-image gate of the 5x5 rings",
+    "space.ensemble": "none | geometric: Zero Time Waste's ensemble of exits",
+    "train.epochs": "passes over the training images",
+    "train.batch_size": "images per step (split over torchrun processes)",
+    "train.lr": "peak learning rate (SGD, Nesterov momentum, cosine decay)",
+    "train.momentum": "SGD momentum",
+    "train.weight_decay": "on conv and linear weights only",
+    "train.warmup_epochs": "linear warm-up before the cosine decay (keep it below epochs)",
+    "train.label_smoothing": "label smoothing of every exit's cross-entropy",
+    "train.sandwich_random": "random subnets per step, besides the largest and the smallest",
+    "train.distill": "weight of in-place distillation from the largest subnet",
+    "train.loss": "plain | self-distill (exitnas list)",
+    "train.routing": "shared | dfs (Deep Feature Surgery)",
+    "train.dfs_beta": "with routing dfs: the share of channels each exit owns",
+    "train.gate_cost": "with space.gate emg: price of the 5x5 rings a gate switches on",
+    "train.exit_sets": "auto | all | sampled: which exits each sampled subnet trains",
+    "train.augment": "random crop and flip of training images",
+    "train.crop_pad": "crop padding in pixels (empty: image side / 8)",
+    "train.flip": "horizontal flips (empty: only for images of 32 px or more; a mirrored digit is another)",
+    "train.seed": "seed of weights, sampling and data order",
+    "train.device": "auto (the GPU if there is one) | cpu | cuda | cuda:N",
+    "train.threads": "CPU threads (empty: the physical cores, or OMP_NUM_THREADS); --threads overrides",
+    "train.checkpoint_every": "steps between checkpoints",
+    "train.out": "folder for supernet.pt and config.yaml",
+    "train.progress": "show a progress bar",
+    "search.storage": "sqlite:///relative.db, sqlite:////absolute.db, journal:///FILE.log or postgresql://...",
+    "search.study": "study name (the same name resumes it)",
+    "search.sampler": "nsga2 | tpe | gp | random",
+    "search.trials": "complete trials the study should reach",
+    "search.objective": "macs | latency: what the second objective measures",
+    "search.latency_table": "lut.json from exitnas profile (objective latency)",
+    "search.budget_mmacs": "a constraint: expected MMACs at most this (empty: none)",
+    "search.backend": "local | ray",
+    "search.workers": "Ray workers (backend ray)",
+    "search.ray_address": "join this Ray cluster (empty: start a local one)",
+    "search.gpus_per_worker": "GPUs each Ray worker takes",
+    "search.seed": "sampler seed",
+    "search.recal_images": "training images each subnet's BatchNorm is recalibrated on",
+    "search.confidence": "maxprob | entropy: an exit's confidence",
+    "search.exit_rule": "threshold | bof: how the exits' thresholds are searched",
+    "search.cache_dir": "folder for exit caches shared between runs (empty: none)",
+    "search.checkpoint": "supernet to search (empty: <train.out>/supernet.pt)",
+    "search.progress": "show a progress bar",
+}
+
+
+def commented_yaml(cfg: ExperimentConfig) -> str:
+    """``cfg`` as YAML with each key's :data:`FIELD_DOCS` line as a comment (``--print-config``);
+    it reads back as the same config."""
+    lines = ["# exitnas experiment: every key and its value. The defaults train the full space for",
+             "# 60 epochs: an hour-long job on a CPU. `exitnas demo` runs a small setting in minutes."]
+    for section, values in cfg.to_dict().items():
+        lines.append(f"{section}:")
+        for key, value in values.items():
+            text = yaml.dump({key: value}, Dumper=_Dumper, sort_keys=False, width=10_000).rstrip("\n")
+            lines.append(f"  {text:<40} # {FIELD_DOCS.get(f'{section}.{key}', '')}".rstrip(" #"))
+    return "\n".join(lines) + "\n"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),

@@ -6,12 +6,13 @@ export the best trade-off. Every path it writes is printed at the end.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 from exitnas._config import load_config
 
-__all__ = ["run_demo", "demo_overrides"]
+__all__ = ["run_demo", "demo_overrides", "written_since"]
 
 
 def demo_overrides(out: Path, quick: bool) -> list[str]:
@@ -33,6 +34,12 @@ def demo_overrides(out: Path, quick: bool) -> list[str]:
     ]
 
 
+def written_since(out: Path, since: float) -> list[Path]:
+    """Files under ``out`` written at or after ``since`` (a ``time.time()``), SQLite's side files left out."""
+    return sorted(p for p in out.rglob("*")
+                  if p.is_file() and p.stat().st_mtime >= since and not p.name.endswith(("-wal", "-shm", "-journal")))
+
+
 def run_demo(out: Path, quick: bool = False) -> int:
     from exitnas.data import load_dataset
     from exitnas.experiment import Experiment
@@ -40,10 +47,11 @@ def run_demo(out: Path, quick: bool = False) -> int:
     from exitnas.search import format_front, run_search
     from exitnas.training import train_supernet
 
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     out = Path(out)
     if (out / "study.db").exists():
         (out / "study.db").unlink()  # a fresh study each run: the demo is not a resume
+        shutil.rmtree(out / "report" / "artifacts", ignore_errors=True)  # the old study's artifacts
     cfg = load_config(None, demo_overrides(out, quick))
     splits = load_dataset(cfg.data)
     print(f"[1/4] training a supernet once on {splits.name}: {len(splits.train_y)} train / "
@@ -61,13 +69,13 @@ def run_demo(out: Path, quick: bool = False) -> int:
     print(f"  trial {chosen}: test accuracy {point.test_accuracy:.4f} at {point.test_cost:.3f} expected MMACs "
           f"(static largest subnet: {static.accuracy:.4f} at {static.macs / 1e6:.3f} MMACs)")
     print(f"[4/4] exporting trial {chosen} (inherited weights, TorchScript, ONNX)")
-    export = export_trial(cfg.search.storage, cfg.search.study, chosen, out / "export", force=True)
-    paths = [trained.checkpoint, trained.checkpoint.parent / "config.yaml", out / "study.db", report.html]
-    paths += [export.arch_json, export.weights, export.torchscript]
-    if export.onnx:
-        paths.append(export.onnx)
-    print(f"done in {time.perf_counter() - t0:.0f} s. wrote:")
+    export_trial(cfg.search.storage, cfg.search.study, chosen, out / "export", force=True)
+    # File times come from the kernel's coarse clock, a few ms behind time.time(): a margin.
+    paths = written_since(out, started - 0.05)
+    print(f"done in {time.perf_counter() - t0:.0f} s; {len(paths)} files (report/artifacts/ holds the report and "
+          "its figures as Optuna artifacts). wrote:")
     for p in paths:
         print(f"  {p}")
-    print(f"inspect the study (pip install optuna-dashboard): optuna-dashboard {cfg.search.storage}")
+    print(f"open {report.html}, or inspect the study and the report (pip install optuna-dashboard): "
+          f"optuna-dashboard {cfg.search.storage} --artifact-dir {report.artifact_dir}")
     return 0

@@ -7,8 +7,12 @@ into one line on stderr and exit status 2; library callers can catch it like a V
 
 from __future__ import annotations
 
-__all__ = ["UserError"]
+__all__ = ["ExitnasWarning", "UserError"]
 
 
 class UserError(ValueError):
     """An input problem the user can fix; its message is one line: what is wrong, what to do."""
+
+
+class ExitnasWarning(UserWarning):
+    """A setting the user probably did not mean, though the run can go on (the CLI prints one line)."""

@@ -3,6 +3,10 @@
 - ``sqlite:///path.db``: one writer (a local search).
 - ``journal:///path.log`` (or a path ending in ``.log``/``.jsonl``): Optuna's journal file,
   safe for several processes on one machine (DESIGN §8: SQLite with many writers is not).
+
+File URLs follow one rule, SQLAlchemy's for SQLite (:func:`storage_path`): three slashes and a
+relative path (``sqlite:///runs/x.db``, ``journal:///runs/x.log``), four for an absolute one
+(``sqlite:////data/x.db``, ``journal:////data/x.log``).
 - ``postgresql://…`` / ``postgresql+psycopg2://…``: a cluster; heartbeats mark a crashed
   worker's trial failed and it is retried.
 """
@@ -20,7 +24,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from exitnas._errors import UserError
 
-__all__ = ["open_storage", "storage_kind", "check_journal_file", "local_storage_path", "HEARTBEAT_INTERVAL",
+__all__ = ["open_storage", "storage_kind", "storage_path", "check_journal_file", "HEARTBEAT_INTERVAL",
            "GRACE_PERIOD"]
 
 HEARTBEAT_INTERVAL = 5
@@ -38,6 +42,35 @@ def storage_kind(url: str) -> str:
     raise UserError(
         f"storage {url!r} is not a storage URL; use sqlite:///FILE.db, journal:///FILE.log or postgresql://USER@HOST:PORT/DB"
     )
+
+
+def storage_path(url: str) -> Path | None:
+    """The file a SQLite or journal URL names; ``None`` for a database server.
+
+    One rule for both, SQLAlchemy's: what follows ``scheme:///`` is the path, so it is relative
+    to the current folder (``sqlite:///runs/x.db`` → ``runs/x.db``) unless it starts with a
+    fourth slash (``journal:////data/x.log`` → ``/data/x.log``). ``journal://runs/x.log``
+    (two slashes) and a bare ``runs/x.log`` name the same relative file.
+    """
+    kind = storage_kind(url)
+    if kind == "sqlite":
+        return Path(url.removeprefix("sqlite:///"))
+    if kind == "journal":
+        for prefix in ("journal:///", "journal://"):
+            if url.startswith(prefix):
+                return Path(url.removeprefix(prefix))
+        return Path(url)
+    return None
+
+
+def _make_parent(url: str, path: Path) -> None:
+    """Create the folder a storage file goes in, or say in one line why it cannot be."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        where = "absolute" if path.is_absolute() else "relative to the current folder"
+        raise UserError(f"storage {url}: cannot create folder {path.parent} ({e.strerror}); the path is {where} "
+                        "(three slashes: relative, four: absolute)") from None
 
 
 def _fast_sqlite(storage: RDBStorage) -> None:
@@ -58,16 +91,6 @@ def _fast_sqlite(storage: RDBStorage) -> None:
 
     event.listen(storage.engine, "connect", on_connect)
     storage.engine.dispose()  # connections opened while creating tables get the pragmas anew
-
-
-def local_storage_path(url: str) -> Path | None:
-    """The file a ``sqlite`` or ``journal`` URL names (None for a database server)."""
-    kind = storage_kind(url)
-    if kind == "sqlite":
-        return Path(url.removeprefix("sqlite:///"))
-    if kind == "journal":
-        return Path(url.removeprefix("journal://"))
-    return None
 
 
 def check_journal_file(path: Path) -> None:
@@ -102,9 +125,10 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
     """Open (creating tables or files as needed) the storage named by ``url``."""
     kind = storage_kind(url)
     if kind == "journal":
-        path = Path(url.removeprefix("journal://")) if url.startswith("journal://") else Path(url)
+        path = storage_path(url)
+        assert path is not None
         check_journal_file(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(url, path)
         try:
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as e:
@@ -115,7 +139,7 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
             if url.startswith(prefix):
                 url = "postgresql+psycopg2://" + url.removeprefix(prefix)
     if kind == "sqlite":
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(url, Path(url.removeprefix("sqlite:///")))
     engine_kwargs = {"connect_args": {"connect_timeout": 5}} if kind == "postgresql" else {}
     try:
         # Heartbeats are experimental in Optuna: silenced here, not for the caller's process.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from exitnas._errors import UserError
@@ -56,7 +57,8 @@ def create_or_load_study(exp: Experiment, seed_offset: int = 0) -> optuna.Study:
 def _study_attrs(exp: Experiment) -> dict[str, object]:
     sc = exp.cfg.search
     return {"exitnas_space": exp.space.to_dict(), "objective": sc.objective, "exit_rule": sc.exit_rule,
-            "checkpoint": str(exp.checkpoint.resolve()), "config": exp.cfg.to_dict()}
+            "checkpoint": str(exp.checkpoint.resolve()), "config": exp.cfg.to_dict(),
+            "classes": list(exp.splits.classes), "threads": torch.get_num_threads()}
 
 
 def _check_same_study(study: optuna.Study, exp: Experiment) -> None:

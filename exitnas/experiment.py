@@ -95,14 +95,19 @@ class Experiment:
     def from_study(cls, study_attrs: dict[str, Any], study_name: str, checkpoint: str | Path | None = None, *,
                    device: str | None = None) -> Experiment:
         """The experiment a study searched, from its user attributes: its config (data,
-        recalibration, confidence, seed) and, unless ``checkpoint`` is given, its supernet."""
+        recalibration, confidence, seed) and, unless ``checkpoint`` is given, its supernet.
+
+        The training recipe (``train``: epochs, lr, loss, ...) is the one the supernet was
+        trained with, from its checkpoint, where the study's config says otherwise: an export
+        carries it, and ``exitnas retrain`` trains with it."""
         path = _study_checkpoint(study_attrs, study_name, checkpoint)
-        raw = study_attrs.get("config") or load_checkpoint(path)["config"]
+        state = load_checkpoint(path)
+        raw = _with_training_recipe(study_attrs.get("config") or state["config"], state["config"])
         exp = cls(ExperimentConfig.from_dict(raw), path, device=device, use_cache_dir=False)
         theirs = study_attrs.get("exitnas_space")
         if theirs is not None and not exp.space.matches(theirs):
             raise UserError(f"study {study_name!r} searched another search space than its config describes")
-        if not exp.space.matches(load_checkpoint(path)["space"]):
+        if not exp.space.matches(state["space"]):
             raise UserError(f"checkpoint {path} is of another search space than study {study_name!r}; "
                             "pass the supernet the study searched")
         return exp
@@ -173,6 +178,17 @@ class Experiment:
         table = LatencyTable.load(sc.latency_table)
         table.exit_latency(self.space, self.space.smallest())  # fails early if of another space
         return table
+
+
+#: ``train`` keys that say where and how a run goes, not what it learns: not part of the recipe.
+_RUN_KEYS = frozenset({"device", "threads", "out", "progress", "checkpoint_every"})
+
+
+def _with_training_recipe(config: dict[str, Any], trained_with: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a raw config dict) with the training recipe of ``trained_with`` (a checkpoint's
+    config): every ``train`` key but :data:`_RUN_KEYS`."""
+    recipe = {k: v for k, v in (trained_with.get("train") or {}).items() if k not in _RUN_KEYS}
+    return {**config, "train": {**(config.get("train") or {}), **recipe}}
 
 
 def _study_checkpoint(attrs: dict[str, Any], study: str, checkpoint: str | Path | None) -> Path:

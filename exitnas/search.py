@@ -22,7 +22,7 @@ from exitnas._errors import UserError
 from exitnas._io import check_output_dir, check_output_file
 from exitnas._objective import ArchObjective
 from exitnas._pareto import pareto_mask
-from exitnas._storage import local_storage_path, storage_kind
+from exitnas._storage import storage_kind, storage_path
 from exitnas._study import DIRECTIONS, METRIC_NAMES, completed, create_or_load_study, metric_names
 from exitnas._trial_codec import decode_trial, suggest_arch
 from exitnas._workers import retry_lost_trials, run_worker
@@ -82,7 +82,7 @@ def pareto_front(study: optuna.Study) -> list[ParetoPoint]:
 
 def _check_outputs(cfg: ExperimentConfig) -> None:
     """The study's database file and ``search.cache_dir`` can be written (checked before any work)."""
-    path = local_storage_path(cfg.search.storage)
+    path = storage_path(cfg.search.storage)
     if path is not None:
         check_output_file(path, "search.storage")
     if cfg.search.cache_dir:

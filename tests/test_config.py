@@ -142,3 +142,22 @@ def test_flags_are_typed_values_not_yaml() -> None:
         load_config(None, ["search.study=2024"])
     with pytest.raises(UserError, match="search.workers must be >= 1"):
         load_config(None, flags={"search.workers": 0})
+
+
+# -- --print-config ---------------------------------------------------------------------------
+def test_print_config_comments_every_key_and_reads_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from exitnas._config import FIELD_DOCS, ExperimentConfig
+    from exitnas.cli import main
+
+    default = ExperimentConfig()
+    keys = {f"{s.name}.{f.name}" for s in dataclasses.fields(default)
+            for f in dataclasses.fields(getattr(default, s.name))}
+    assert keys == set(FIELD_DOCS)  # a new key needs its line
+    assert main(["train", "--print-config", "--set", "search.storage=journal:///a #b.log"]) == 0
+    text = capsys.readouterr().out
+    for key in keys:
+        section, name = key.split(".")
+        line = next(line for line in text.splitlines() if line.startswith(f"  {name}:") and FIELD_DOCS[key] in line)
+        assert line.endswith(f"# {FIELD_DOCS[key]}")
+    (tmp_path / "exp.yaml").write_text(text)
+    assert load_config(tmp_path / "exp.yaml") == load_config(None, ["search.storage=journal:///a #b.log"])

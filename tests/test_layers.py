@@ -18,7 +18,7 @@ RANKS = {"base": 0, "data": 1, "search_space": 1, "config": 2, "runtime": 3, "ev
 #: Top-level modules, by part (sub-packages are their own part).
 MODULES = {
     "base": {"__init__", "_errors", "_io", "_registry", "_confidence", "_samplers", "_storage", "_pareto",
-             "_trial_errors"},
+             "_trial_errors", "_threads"},
     "config": {"_config"},
     "experiment": {"experiment", "_trial_codec", "_check", "_registries"},
     "search": {"search", "_objective", "_study", "_workers", "_ray_backend"},

@@ -127,7 +127,7 @@ def _journal(tmp: Path, blob: bytes, make_export: MakeExport) -> None:
     from exitnas._storage import open_storage
 
     (tmp / "study.log").write_bytes(blob + b"\n" + blob + b"\n")
-    open_storage(f"journal://{tmp / 'study.log'}")
+    open_storage(f"journal:///{tmp / 'study.log'}")
 
 
 def _sqlite(tmp: Path, blob: bytes, make_export: MakeExport) -> None:
@@ -241,7 +241,7 @@ def test_a_file_that_is_not_a_journal_is_refused(tmp_path: Path, content: bytes)
 
     (tmp_path / "j.log").write_bytes(content)
     with pytest.raises(UserError, match=r"j\.log is not an Optuna journal"):
-        open_storage(f"journal://{tmp_path / 'j.log'}")
+        open_storage(f"journal:///{tmp_path / 'j.log'}")
     assert (tmp_path / "j.log").read_bytes() == content
 
 

@@ -25,6 +25,10 @@ _DIGITS_TEST_SEED = 20_240_601
 _DIGITS_TEST_FRACTION = 0.2
 
 
+#: CIFAR-10's class names by label (its batches.meta holds the same).
+_CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 @DATASETS.register("digits", doc="scikit-learn handwritten digits, 8×8 grayscale, 10 classes (built in)")
 def load_digits(cfg: DataConfig) -> ImageSplits:
     """scikit-learn's 1,797 handwritten digits: 8×8 grayscale, 10 classes, no download."""
@@ -35,7 +39,8 @@ def load_digits(cfg: DataConfig) -> ImageSplits:
     x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
     y = bunch.target.astype(np.int64)
     train_idx, test_idx = stratified_holdout(y, _DIGITS_TEST_FRACTION, _DIGITS_TEST_SEED, what="test split")
-    return make_splits("digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx], 10, cfg)
+    return make_splits("digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx], 10, cfg,
+                       tuple(str(d) for d in range(10)))
 
 
 @DATASETS.register("cifar10", doc="CIFAR-10, python-pickle layout (data.root = cifar-10-batches-py)")
@@ -47,7 +52,7 @@ def load_cifar10(cfg: DataConfig) -> ImageSplits:
     train_x = np.concatenate([_images(b, "cifar10") for b in batches])
     train_y = np.concatenate([_labels(b, b"labels", "cifar10") for b in batches])
     test_x, test_y = _images(test, "cifar10"), _labels(test, b"labels", "cifar10")
-    return make_splits("cifar10", train_x, train_y, test_x, test_y, 10, cfg)
+    return make_splits("cifar10", train_x, train_y, test_x, test_y, 10, cfg, _CIFAR10_CLASSES)
 
 
 @DATASETS.register("cifar100", doc="CIFAR-100 fine labels, pickle layout (data.root = cifar-100-python)")

@@ -2,7 +2,9 @@
 
 Decoding tens of thousands of JPEGs takes seconds, so the decoded uint8 arrays are cached
 as an ``.npz`` keyed by what the source looked like (file sizes and modification times);
-a changed source gets a new key and is decoded again.
+a changed source gets a new key and is decoded again. Images that are all grayscale (PIL
+modes ``1``, ``L``, ``LA``, ``I``, ``I;16``, ``F``) decode to one channel; if any image has
+colour, every image decodes to RGB. ``data.channels`` can force either (see ``make_splits``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ _SPLITS = ("train", "test")
 _TAR_NAME = "cifar10-jpeg.tar.xz"
 # Bump when the cache layout or decoding changes, so old caches are not trusted.
 _CACHE_VERSION = 1
+#: Image folders decoded before grayscale kept one channel had 3: their caches get a new key.
+_FOLDER_DECODING = "gray-one-channel"
+#: PIL modes without colour: a dataset of only these decodes to one channel.
+_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 
 # (class, file name, the file or its bytes): a file is read only when it is decoded.
 _Entry = tuple[str, str, Path | bytes]
@@ -54,7 +60,7 @@ def load_image_folder(cfg: DataConfig) -> ImageSplits:
     files = {split: _list_folder(root, split) for split in _SPLITS}
     stamp = [(str(p.relative_to(root)), st.st_size, st.st_mtime_ns) for s in _SPLITS for p, st in files[s]]
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else root / ".exitnas-cache"
-    key = _cache_key("image-folder", str(root.resolve()), stamp)
+    key = _cache_key("image-folder", _FOLDER_DECODING, str(root.resolve()), stamp)
     decoded = _cached(cache_dir / f"image-folder-{key}.npz", lambda: _decode_folder(root, files))
     return _splits_of("image-folder", decoded, cfg)
 
@@ -65,7 +71,7 @@ def load_cifar10_jpeg(cfg: DataConfig) -> ImageSplits:
     source = find_cifar10_jpeg(cfg.root)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else Path.cwd() / ".cache" / "exitnas"
     if source.is_dir():  # an extracted copy, e.g. carried to another machine
-        folder_cfg = DataConfig("image-folder", str(source), cfg.val_size, cfg.seed, str(cache_dir))
+        folder_cfg = DataConfig("image-folder", str(source), cfg.val_size, cfg.seed, str(cache_dir), cfg.channels)
         return _renamed(load_image_folder(folder_cfg), "cifar10-jpeg")
     st = source.stat()
     key = _cache_key("cifar10-jpeg", source.name, st.st_size, st.st_mtime_ns)
@@ -188,22 +194,29 @@ def _decode_entries(entries: dict[str, list[_Entry]], what: str) -> _Decoded:
     index = {cls: i for i, cls in enumerate(classes)}
     xs, ys = [], []
     shape: tuple[int, ...] | None = None
+    gray = True
     for split in _SPLITS:
-        x, shape = _decode_images(entries[split], shape, what)
+        x, shape, split_gray = _decode_images(entries[split], shape, what)
         xs.append(x)
         ys.append(np.array([index[cls] for cls, _, _ in entries[split]], dtype=np.int64))
+        gray = gray and split_gray
+    if gray:  # converted to RGB, a grayscale image is its one channel three times: keep one
+        xs = [np.ascontiguousarray(x[:, :1]) for x in xs]
     return _Decoded(xs[0], ys[0], xs[1], ys[1], classes)
 
 
 def _decode_images(
     entries: list[_Entry], shape: tuple[int, ...] | None, what: str
-) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Decode images to one N×3×H×W uint8 array; all must have ``shape`` (H×W×3) or the first's."""
+) -> tuple[np.ndarray, tuple[int, ...], bool]:
+    """Decode images to one N×3×H×W uint8 array; all must have ``shape`` (H×W×3) or the first's.
+    Also returns whether every image was grayscale."""
     out: np.ndarray | None = None
+    gray = True
     for i, (_, name, source) in enumerate(entries):
         try:
             data = source.read_bytes() if isinstance(source, Path) else source
             with Image.open(io.BytesIO(data)) as im:
+                gray = gray and im.mode in _GRAY_MODES
                 arr = np.asarray(im.convert("RGB"))
         except (UnidentifiedImageError, OSError) as exc:
             raise UserError(f"{what}: cannot decode {name} ({exc}); remove or replace it") from None
@@ -219,7 +232,7 @@ def _decode_images(
         out[i] = arr
     assert out is not None and shape is not None  # callers pass non-empty lists
     # Decoded as N×H×W×C; the models want channels first.
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2)), shape
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2)), shape, gray
 
 
 def _cache_key(*parts: object) -> str:
@@ -253,7 +266,7 @@ def _cached(path: Path, decode: Callable[[], _Decoded]) -> _Decoded:
 
 def _splits_of(name: str, decoded: _Decoded, cfg: DataConfig) -> ImageSplits:
     d = decoded
-    return make_splits(name, d.train_x, d.train_y, d.test_x, d.test_y, len(d.classes), cfg)
+    return make_splits(name, d.train_x, d.train_y, d.test_x, d.test_y, len(d.classes), cfg, d.classes)
 
 
 def _renamed(splits: ImageSplits, name: str) -> ImageSplits:

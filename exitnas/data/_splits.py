@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ class DataConfig:
         seed: Seed of the train/val split (the test split never depends on it).
         cache_dir: Where decoded arrays are cached; by default ``<root>/.exitnas-cache``
             for an image folder and ``.cache/exitnas`` for ``cifar10-jpeg``.
+        channels: Channels per image the network sees: ``None`` follows the images (1 when
+            every image is grayscale, else 3); 1 turns colour images to grayscale (ITU-R 601
+            luma, as PIL's ``convert("L")``); 3 repeats a grayscale channel.
     """
 
     name: str = "digits"
@@ -41,6 +44,7 @@ class DataConfig:
     val_size: int | float = 0.1
     seed: int = 0
     cache_dir: str | None = None
+    channels: int | None = None
 
     def __post_init__(self) -> None:
         # bool is an int subclass; ``val_size: true`` in YAML is a mistake, not "1 image".
@@ -55,6 +59,8 @@ class DataConfig:
             raise UserError(f"data.seed must be an int, got {self.seed!r}")
         if self.seed < 0:  # numpy's generators refuse negative seeds
             raise UserError(f"data.seed must be >= 0, got {self.seed}")
+        if self.channels not in (None, 1, 3):
+            raise UserError(f"data.channels must be 1, 3 or empty (follow the images), got {self.channels!r}")
 
     def to_dict(self) -> dict[str, object]:
         """Plain dict, for writing the resolved config next to results."""
@@ -77,6 +83,8 @@ class ImageSplits:
         num_classes: Number of classes.
         mean: Per-channel mean of ``train_x`` in [0, 1] units.
         std: Per-channel standard deviation of ``train_x`` in [0, 1] units.
+        classes: Class names by label (a folder dataset's sorted folder names; else the
+            dataset's names, or the labels written out).
     """
 
     name: str
@@ -89,8 +97,13 @@ class ImageSplits:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not self.classes:  # frozen: set once here, so every ImageSplits names its classes
+            object.__setattr__(self, "classes", tuple(str(i) for i in range(self.num_classes)))
+        if len(self.classes) != self.num_classes:
+            raise ValueError(f"{len(self.classes)} class names for {self.num_classes} classes")
         for split in ("train", "val", "test"):
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
             if x.dtype != torch.uint8 or x.dim() != 4:
@@ -188,8 +201,10 @@ def make_splits(
     test_y: np.ndarray | torch.Tensor,
     num_classes: int,
     cfg: DataConfig,
+    classes: Sequence[str] = (),
 ) -> ImageSplits:
-    """Hold validation images out of the training images and compute train statistics.
+    """Hold validation images out of the training images, give them ``cfg.channels`` and
+    compute train statistics.
 
     Args:
         name: Dataset name.
@@ -198,9 +213,10 @@ def make_splits(
         test_x: uint8 test images.
         test_y: Integer labels of the test images.
         num_classes: Number of classes.
-        cfg: Supplies ``val_size`` and ``seed``.
+        cfg: Supplies ``val_size``, ``seed`` and ``channels``.
+        classes: Class names by label (default: the labels written out).
     """
-    tx, ty = _as_uint8(train_x), _as_int64(train_y)
+    tx, ty = with_channels(_as_uint8(train_x), cfg.channels), _as_int64(train_y)
     kept, held = stratified_holdout(ty.numpy(), cfg.val_size, cfg.seed, what=f"dataset {name}: val_size")
     kept_t, held_t = torch.from_numpy(kept), torch.from_numpy(held)
     train_x_t = tx[kept_t].contiguous()
@@ -211,12 +227,24 @@ def make_splits(
         train_y=ty[kept_t].contiguous(),
         val_x=tx[held_t].contiguous(),
         val_y=ty[held_t].contiguous(),
-        test_x=_as_uint8(test_x),
+        test_x=with_channels(_as_uint8(test_x), cfg.channels),
         test_y=_as_int64(test_y),
         num_classes=num_classes,
         mean=mean,
         std=std,
+        classes=tuple(classes),
     )
+
+
+def with_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """uint8 images N×C×H×W with ``channels`` channels (``None``: as they are)."""
+    if channels is None or x.shape[1] == channels:
+        return x
+    if channels == 3:
+        return x.expand(-1, 3, -1, -1).contiguous()
+    # ITU-R 601-2 luma in integers, as PIL's convert("L"): (299 R + 587 G + 114 B) / 1000, rounded.
+    r, g, b = (x[:, c : c + 1].to(torch.int32) for c in range(3))
+    return ((r * 299 + g * 587 + b * 114 + 500) // 1000).to(torch.uint8).contiguous()
 
 
 def _as_uint8(x: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ import platform
 import random
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -30,17 +31,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from exitnas._errors import UserError
+from exitnas._errors import ExitnasWarning, UserError
 from exitnas.runtime import Normalise, channels_last, deploy, deploy_early_exit
 from exitnas.search_space import ArchConfig, GeometricEnsemble, SearchSpace, StaticNet, Supernet
 
-__all__ = ["LUT_FORMAT", "RUNTIME", "LatencyTable", "profile_space", "time_call"]
+__all__ = ["LUT_FORMAT", "NOISE_WARN", "RUNTIME", "LatencyTable", "measure_noise", "profile_space", "time_call",
+           "warn_if_noisy"]
 
 #: Format 2: entries timed through the deployed runtime, with ``call``, ``early_exit``,
 #: ``leave`` and ``decision`` entries. Format 1 tables timed eager modules and are refused.
 LUT_FORMAT = 2
 #: What the table's entries were timed as (``exitnas.runtime.deploy``).
 RUNTIME = "BatchNorm folded, channels-last, frozen TorchScript"
+#: The statistic an entry's noise is measured against.
+TIMED_STAT = "median_ms"
+#: Noise above this share of the median (spread of the repeats, or one op timed again) is warned about;
+#: on an idle machine both stay near a few percent.
+NOISE_WARN = 0.15
 
 
 def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 10, repeats: int = 30,
@@ -88,6 +95,7 @@ class LatencyTable:
     stat: str = "median_ms"
     context_factor: float = 1.0
     runtime: str = RUNTIME
+    noise: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def ms(self, key: str) -> float:
         try:
@@ -123,7 +131,8 @@ class LatencyTable:
     def to_dict(self) -> dict[str, Any]:
         return {"format": LUT_FORMAT, "entries": self.entries, "space": self.space, "image_size": self.image_size,
                 "device": self.device, "device_name": self.device_name, "torch_version": self.torch_version,
-                "date": self.date, "stat": self.stat, "context_factor": self.context_factor, "runtime": self.runtime}
+                "date": self.date, "stat": self.stat, "context_factor": self.context_factor, "runtime": self.runtime,
+                "noise": self.noise}
 
     def save(self, path: str | Path) -> None:
         from exitnas._io import atomic_write_bytes
@@ -148,7 +157,7 @@ class LatencyTable:
                 raise ValueError("format")
             table = cls(d["entries"], d["space"], int(d["image_size"]), d["device"], d["device_name"],
                         d["torch_version"], d["date"], d.get("stat", "median_ms"), float(d["context_factor"]),
-                        str(d["runtime"]))
+                        str(d["runtime"]), dict(d.get("noise", {})))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UserError(f"latency table {p} is not an exitnas latency table; "
                             "make one with exitnas profile") from None
@@ -229,14 +238,40 @@ def profile_space(space: SearchSpace, image_size: int, device: torch.device, *, 
     jobs.append(("call", nn.Identity(), (1, chans[0][0], image_size, image_size)))
     entries: dict[str, dict[str, float]] = {}
     for key, module, shape in tqdm(jobs, desc=f"profile ({device.type})", unit="op", disable=not progress):
-        deployed = deploy(module.to(device).eval())
-        x = channels_last(torch.randn(shape, device=device))  # what the op before it hands on
-        entries[key] = time_call(lambda: deployed(x), device, warmup, repeats, inner)
+        entries[key] = time_call(_deployed_call(module, shape, device), device, warmup, repeats, inner)
     entries.update(_time_early_exit(space, device, warmup, repeats, inner))
+    # The first op timed once more, at the end: a machine whose load changed meanwhile shows here.
+    key, module, shape = jobs[0]
+    again = time_call(_deployed_call(module, shape, device), device, warmup, repeats, inner)[TIMED_STAT]
+    noise = measure_noise(entries, entries[key][TIMED_STAT], again)
+    warn_if_noisy(noise)
     table = LatencyTable(entries, space.to_dict(), image_size, device.type, _device_name(device), torch.__version__,
-                         _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+                         _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), noise=noise)
     factor = _context_factor(table, space, supernet, image_size, device, warmup, repeats, inner, calibration_archs)
     return dataclasses.replace(table, context_factor=factor)
+
+
+def _deployed_call(module: nn.Module, shape: tuple[int, ...], device: torch.device) -> Callable[[], Any]:
+    deployed = deploy(module.to(device).eval())
+    x = channels_last(torch.randn(shape, device=device))  # what the op before it hands on
+    return lambda: deployed(x)
+
+
+def measure_noise(entries: dict[str, dict[str, float]], first: float, again: float) -> dict[str, float]:
+    """How far a table's own timings can be trusted: the median over entries of spread ÷ median
+    (IQR of the repeats), and the change of one op timed at the start and again at the end."""
+    spreads = [e["iqr_ms"] / e[TIMED_STAT] for e in entries.values() if e.get(TIMED_STAT, 0) > 0 and "iqr_ms" in e]
+    return {"median_relative_iqr": float(statistics.median(spreads)) if spreads else 0.0,
+            "repeat_change": abs(again - first) / first if first > 0 else 0.0}
+
+
+def warn_if_noisy(noise: dict[str, float], limit: float = NOISE_WARN) -> None:
+    """Warn when either noise figure is above ``limit`` (a share of the median)."""
+    spread, change = noise.get("median_relative_iqr", 0.0), noise.get("repeat_change", 0.0)
+    if max(spread, change) > limit:
+        warnings.warn(f"the latency timings are noisy (spread {spread:.0%} of the median; one op timed again "
+                      f"{change:.0%} off): is the machine busy? profile again when it is idle, or with fewer "
+                      "--threads", ExitnasWarning, stacklevel=2)
 
 
 def _context_factor(table: LatencyTable, space: SearchSpace, supernet: Supernet, image_size: int,

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from exitnas._errors import UserError
 from exitnas._io import atomic_write_bytes
-from exitnas.evaluators import ExitCache, ExitPolicy, anytime, budgeted_batch, oracle
+from exitnas.evaluators import CurvePoint, ExitCache, ExitPolicy, anytime, budgeted_batch, oracle
 from exitnas.experiment import Experiment
 from exitnas.search_space import ArchConfig, SearchSpace
 
@@ -45,16 +46,21 @@ def evaluate_arch(exp: Experiment, arch: ArchConfig, thresholds: np.ndarray | No
     caches = ev.caches(arch, ("val", "test"))
     val, test = caches["val"], caches["test"]
     costs = ev.costs(arch)
+    budgeted_batch_points = budgeted_batch(val, test)
     result: dict[str, Any] = {
         "arch": arch.to_dict(),
         "checkpoint": str(exp.checkpoint),
+        "classes": list(exp.splits.classes),
+        "threads": torch.get_num_threads(),
         "confidence": ev.kind,
         "costs": costs.to_dict(),
         "anytime": {"val": [asdict(p) for p in anytime(val)], "test": [asdict(p) for p in anytime(test)]},
         "oracle_test": asdict(oracle(test)),
-        "budgeted_batch_test": [asdict(p) for p in budgeted_batch(val, test)],
+        "budgeted_batch_test": [asdict(p) for p in budgeted_batch_points],
     }
+    print(f"classes ({exp.splits.name}): " + ", ".join(f"{i} {c}" for i, c in enumerate(exp.splits.classes)))
     _print_exits(arch, costs.params, val, test)
+    _print_budgeted_batch(budgeted_batch_points)
     orc = result["oracle_test"]
     print(f"oracle (test): accuracy {orc['accuracy']:.4f} at {orc['macs'] / 1e6:.3f} MMACs")
     if thresholds is not None:
@@ -69,6 +75,14 @@ def _print_exits(arch: ArchConfig, params: tuple[int, ...], val: ExitCache, test
     for k, (pos, head) in enumerate(zip(arch.exits, arch.heads)):
         print(f"{k:>4} {str(list(pos)):>9} {head:>7} {test.exit_macs()[k] / 1e6:>9.3f} {params[k]:>9} "
               f"{val.exit_accuracy()[k]:>8.4f} {test.exit_accuracy()[k]:>8.4f}")
+
+
+def _print_budgeted_batch(points: list[CurvePoint]) -> None:
+    """Huang et al.'s budgeted-batch curve: thresholds fit on val so that exit k takes a share ∝ pᵏ."""
+    print("budgeted batch on test (thresholds fit on val for exit shares ∝ p^k):")
+    print(f"{'p':>6} {'MMACs':>9} {'test acc':>8}  test samples per exit")
+    for p in sorted(points, key=lambda p: p.macs):
+        print(f"{p.param:>6.3g} {p.macs / 1e6:>9.3f} {p.accuracy:>8.4f}  {' '.join(map(str, p.histogram))}")
 
 
 def _with_thresholds(thresholds: np.ndarray, caches: dict[str, ExitCache]) -> dict[str, Any]:

@@ -83,7 +83,8 @@ def export_trial(storage: str, study_name: str, number: int | None, out: str | P
                         "runtime cannot run yet; export a trial of a threshold, share or bof study")
     net = exp.evaluator.subnet(cand.arch)
     exit_ms = trial.user_attrs.get("exit_ms")  # a latency search's ms of leaving at each exit
-    meta = {**cand.to_dict(), "space": exp.space.to_dict(), "experiment": exp.cfg.to_dict(),
+    meta = {**cand.to_dict(), "classes": list(exp.splits.classes), "space": exp.space.to_dict(),
+            "experiment": exp.cfg.to_dict(),
             "costs": exp.evaluator.costs(cand.arch).to_dict(), "metrics": export_metrics(exp, cand, exit_ms)}
     if exit_ms is not None:
         meta["exit_ms"] = [float(v) for v in exit_ms]
@@ -171,6 +172,7 @@ def write_export(out: str | Path, net: StaticNet, meta: dict[str, Any], mean: li
         "files": files,
     }
     full["provenance"] = {**meta.get("provenance", {}), "versions": library_versions(),
+                          "threads": torch.get_num_threads(),
                           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     arch_json = d / "arch.json"
     atomic_write(arch_json, lambda p: Path(p).write_text(json.dumps(full, indent=1)))

@@ -16,9 +16,11 @@ __all__ = ["plot_curves", "plot_front", "plot_histogram", "plot_progress"]
 _HEIGHT = 480
 
 
-def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
+def _layout(fig: go.Figure, title: str, x: str, y: str, log_x: bool = False) -> go.Figure:
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=_HEIGHT, template="plotly_white",
                       legend={"orientation": "h", "y": -0.2}, hovermode="closest")
+    if log_x:  # costs span decades (the smallest subnet to the largest): linear squeezes the front
+        fig.update_xaxes(type="log")
     return fig
 
 
@@ -56,7 +58,8 @@ def plot_front(front: FrontInfo, tests: Sequence[TestPoint], curves: CurvesInfo 
                              marker={"symbol": "star", "size": 12}))
         fig.add_trace(_curve(curves.stage_budgeted_batch, "stage-end exits, budgeted batch (test)",
                              mode="lines", line={"dash": "dot"}))
-    return _layout(fig, f"Pareto front of study {front.study_name}", f"expected {unit}", "accuracy")
+    return _layout(fig, f"Pareto front of study {front.study_name}", f"expected {unit} (log scale)", "accuracy",
+                   log_x=True)
 
 
 def plot_curves(curves: CurvesInfo) -> go.Figure:
@@ -76,7 +79,8 @@ def plot_curves(curves: CurvesInfo) -> go.Figure:
                          marker={"symbol": "star", "size": 12}))
     fig.add_trace(_curve(curves.stage_budgeted_batch, "stage-end exits, budgeted batch", mode="lines",
                          line={"dash": "dot"}))
-    return _layout(fig, f"Trial {curves.trial} on test: protocols and baselines", "expected MMACs", "accuracy")
+    return _layout(fig, f"Trial {curves.trial} on test: protocols and baselines", "expected MMACs (log scale)",
+                   "accuracy", log_x=True)
 
 
 def plot_progress(progress: ProgressInfo, unit: str = "MMACs") -> go.Figure:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +11,7 @@ from optuna.trial import TrialState
 
 from exitnas._errors import UserError
 from exitnas._pareto import pareto_mask
-from exitnas._storage import open_storage, storage_kind
+from exitnas._storage import open_storage, storage_kind, storage_path
 
 __all__ = ["FrontInfo", "TrialRecord", "load_front", "open_study", "pareto_mask"]
 
@@ -97,7 +96,8 @@ def open_study(storage_url: str, study_name: str | None) -> optuna.Study:
     kind = storage_kind(storage_url)
     if kind in ("sqlite", "journal"):
         # open_storage would create an empty database here; a report must not.
-        path = Path(storage_url.removeprefix("sqlite:///").removeprefix("journal://"))
+        path = storage_path(storage_url)
+        assert path is not None
         if not path.is_file():
             raise UserError(f"storage {storage_url}: {path} does not exist; run `exitnas search` first")
     storage = open_storage(storage_url, heartbeat=False)

@@ -13,8 +13,11 @@ from typing import Any
 import optuna
 import plotly.graph_objects as go
 import plotly.io as pio
+import torch
+from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
 from exitnas._errors import UserError
+from exitnas._io import atomic_write_bytes
 from exitnas.experiment import Experiment
 from exitnas.results import _evaluate as ev
 from exitnas.results._figures import (
@@ -26,9 +29,11 @@ from exitnas.results._figures import (
 from exitnas.results._front import FrontInfo, load_front, open_study
 from exitnas.results._hypervolume import ProgressInfo, get_progress_info
 
-__all__ = ["REPORT_NAME", "VAL_GAP_WARN", "ReportResult", "build_report", "default_out_dir"]
+__all__ = ["PLOTLY_JS", "REPORT_NAME", "VAL_GAP_WARN", "ReportResult", "build_report", "default_out_dir"]
 
 REPORT_NAME = "report.html"
+#: plotly.js beside the figure files (``figures/``), which load it from there.
+PLOTLY_JS = "plotly.min.js"
 #: A val accuracy measured again that differs more than this from the stored one is flagged:
 #: beyond GPU nondeterminism, it means another supernet or other data than the search's.
 VAL_GAP_WARN = 0.005
@@ -40,7 +45,7 @@ class ReportResult:
 
     Attributes:
         html: The report file.
-        figures: Figure name → its own HTML file (plotly.js from the CDN; the report is the offline copy).
+        figures: Figure name → its own HTML file (plotly.js from ``figures/plotly.min.js``, else the CDN).
         summary: JSON file with the front table and the chosen trial's curves.
         artifact_ids: Optuna artifact id of each uploaded file, by file name.
         chosen_trial: Trial whose curves and histogram are drawn.
@@ -59,6 +64,12 @@ class ReportResult:
     histogram: ev.HistogramInfo
 
     @property
+    def artifact_dir(self) -> Path:
+        """Where the uploaded artifacts are stored: optuna-dashboard serves them given
+        ``--artifact-dir`` this folder (without it, it answers HTTP 400)."""
+        return self.html.parent / "artifacts"
+
+    @property
     def val_gap(self) -> float:
         """Largest |val accuracy measured here − stored|: 0 when the report measures as the search
         did; more means other weights, data or numerics than the search's."""
@@ -67,12 +78,10 @@ class ReportResult:
 
 def default_out_dir(storage_url: str, study_name: str) -> Path:
     """``report-<study>`` beside a SQLite or journal file, else in the current folder."""
-    for prefix in ("sqlite:///", "journal://"):
-        if storage_url.startswith(prefix):
-            return Path(storage_url.removeprefix(prefix)).parent / f"report-{study_name}"
-    if storage_url.endswith((".log", ".jsonl")):
-        return Path(storage_url).parent / f"report-{study_name}"
-    return Path(f"report-{study_name}")
+    from exitnas._storage import storage_path
+
+    path = storage_path(storage_url)
+    return (path.parent if path is not None else Path()) / f"report-{study_name}"
 
 
 def build_report(storage_url: str, study_name: str | None, checkpoint: str | Path | None = None,
@@ -100,7 +109,7 @@ def build_report(storage_url: str, study_name: str | None, checkpoint: str | Pat
         UserError: Bad URL, unknown study, no complete trial, a trial not in the study,
             a missing or foreign checkpoint.
     """
-    from exitnas._io import atomic_write_bytes, check_output_dir
+    from exitnas._io import check_output_dir
 
     front = load_front(storage_url, study_name)
     out = check_output_dir(out_dir if out_dir is not None else default_out_dir(storage_url, front.study_name),
@@ -120,16 +129,12 @@ def build_report(storage_url: str, study_name: str | None, checkpoint: str | Pat
         "progress": plot_progress(progress, front.cost_unit),
     }
 
-    fig_paths = {}
-    for name, fig in figures.items():
-        fig_paths[name] = out / "figures" / f"{name}.html"
-        atomic_write_bytes(fig_paths[name], pio.to_html(fig, include_plotlyjs="cdn", full_html=True).encode())
-    report = out / REPORT_NAME
     gap = max(abs(p.val_accuracy_rerun - p.val_accuracy) for p in tests)
     meta = {"checkpoint": str(ckpt), "chosen": chosen, "rule": None if trial is not None else ev.CHOICE_RULE,
-            "val_gap": gap, "max_points": max_points}
+            "val_gap": gap, "max_points": max_points, "threads": torch.get_num_threads()}
+    report, summary = out / REPORT_NAME, out / "summary.json"
+    fig_paths = _write_figures(out, figures)
     atomic_write_bytes(report, render_html(front, tests, figures, meta).encode())
-    summary = out / "summary.json"
     atomic_write_bytes(summary, json.dumps(_summary(front, tests, curves, progress, meta), indent=1).encode())
 
     ids: dict[str, str] = {}
@@ -138,19 +143,39 @@ def build_report(storage_url: str, study_name: str | None, checkpoint: str | Pat
     return ReportResult(report, fig_paths, summary, ids, chosen, front, tests, curves, progress, histogram)
 
 
+def _write_figures(out: Path, figures: dict[str, go.Figure]) -> dict[str, Path]:
+    """Each figure's own page under ``out/figures``, with one plotly.js beside them."""
+    paths = {name: out / "figures" / f"{name}.html" for name in figures}
+    atomic_write_bytes(out / "figures" / PLOTLY_JS, get_plotlyjs().encode())
+    for name, fig in figures.items():
+        atomic_write_bytes(paths[name], figure_html(fig).encode())
+    return paths
+
+
 # -- HTML ----------------------------------------------------------------------------------------
+def figure_html(fig: go.Figure) -> str:
+    """One figure's page, offline: plotly.js from :data:`PLOTLY_JS` beside it (one copy per
+    report, not 4.8 MB in each figure), or from plotly's CDN where that file is missing (the
+    copy optuna-dashboard serves as an artifact)."""
+    page = pio.to_html(fig, include_plotlyjs="directory", full_html=True)
+    local = f'<script charset="utf-8" src="{PLOTLY_JS}"></script>'
+    cdn = f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
+    fallback = f"<script>window.Plotly || document.write('<script src=\"{cdn}\"><\\/script>')</script>"
+    if local not in page:  # pragma: no cover - a plotly release that writes the tag otherwise
+        raise RuntimeError(f"plotly wrote no {local} tag")
+    return page.replace(local, local + fallback, 1)
+
+
 def render_html(front: FrontInfo, tests: tuple[ev.TestPoint, ...], figures: dict[str, go.Figure],
                 meta: dict[str, Any]) -> str:
     """The report page: plotly.js inline once in the head, every figure after it, the table."""
     import plotly
-    import torch
-    from plotly.offline import get_plotlyjs
 
     import exitnas
 
     e = html.escape
-    versions = f"exitnas {exitnas.__version__}, torch {torch.__version__}, optuna {optuna.__version__}, " \
-               f"plotly {plotly.__version__}"
+    versions = f"exitnas {exitnas.__version__}, torch {torch.__version__} ({meta['threads']} threads), " \
+               f"optuna {optuna.__version__}, plotly {plotly.__version__}"
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     n_complete = len(front.trials)
     chosen = meta["chosen"]
@@ -176,8 +201,8 @@ def render_html(front: FrontInfo, tests: tuple[ev.TestPoint, ...], figures: dict
         f"<h2>Pareto front: {len(tests)} trials measured on test</h2>",
         f"<p class=\"note\">Up to {meta['max_points']} of the {len(front.pareto)} Pareto trials, spread along "
         f"{front.cost_unit}, "
-        "and the chosen trial. The figure files beside this report load plotly.js from its CDN; this "
-        "page carries it inline and works offline.</p>",
+        "and the chosen trial; trials with the same numbers share a row. This page carries plotly.js "
+        "inline and works offline; the figure files beside it load the plotly.min.js next to them.</p>",
         _table(tests, chosen, front.cost_unit),
     ]
     titles = {"front": "Front and baselines", "curves": f"Trial {chosen}: protocols on test",
@@ -190,17 +215,30 @@ def render_html(front: FrontInfo, tests: tuple[ev.TestPoint, ...], figures: dict
     return "\n".join(parts)
 
 
+#: What the table's last two columns hold (shown under it).
+TABLE_LEGEND = ("exits: how many, then each exit's (stage, block), counted from 0, in network order; "
+                "test exit histogram: test samples leaving at each of those exits, first to last.")
+
+
 def _table(tests: tuple[ev.TestPoint, ...], chosen: int, unit: str) -> str:
+    """One row per distinct result: trials whose val and test numbers are all equal share one
+    (the chosen trial first), as ``exitnas search`` prints its front."""
+    groups: dict[tuple[float, float, float, float], list[ev.TestPoint]] = {}
+    for p in sorted(tests, key=lambda p: p.trial != chosen):  # the chosen trial leads its group
+        groups.setdefault((p.val_accuracy, p.val_cost, p.test_accuracy, p.test_cost), []).append(p)
     head = ("trial", "val acc", "test acc", f"val {unit}", f"test {unit}", "exits", "test exit histogram")
     rows = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
-    for p in tests:
+    for group in sorted(groups.values(), key=lambda g: (g[0].val_cost, g[0].trial)):
+        p = group[0]
         cls = " class=\"chosen\"" if p.trial == chosen else ""
         mark = "" if p.on_front else " (off front)"
-        exits = " ".join(f"{s},{b}" for s, b in p.arch.exits)
-        cells = (f"{p.trial}{mark}", f"{p.val_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{p.val_cost:.3f}",
+        same = f" (+{len(group) - 1}: {', '.join(str(q.trial) for q in group[1:])})" if len(group) > 1 else ""
+        exits = " ".join(f"({s},{b})" for s, b in p.arch.exits)
+        cells = (f"{p.trial}{mark}{same}", f"{p.val_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{p.val_cost:.3f}",
                  f"{p.test_cost:.3f}", f"{p.arch.num_exits}: {exits}", " ".join(map(str, p.test_histogram)))
         rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     rows.append("</table>")
+    rows.append(f"<p class=\"note\">{html.escape(TABLE_LEGEND)}</p>")
     return "\n".join(rows)
 
 

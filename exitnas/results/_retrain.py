@@ -97,7 +97,8 @@ def _budget(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _schedule(tc: TrainConfig, scratch: bool, epochs: float | None, lr: float | None, seed: int) -> _Schedule:
-    """The run's epochs and base learning rate: the experiment's, a tenth of its lr to fine-tune."""
+    """The run's epochs and base learning rate: the recipe the supernet was trained with (the
+    export's ``experiment.train``), a tenth of its lr to fine-tune; ``epochs``/``lr`` override."""
     epochs = tc.epochs if epochs is None else epochs
     if epochs <= 0:
         raise UserError("--epochs must be positive")
@@ -108,8 +109,10 @@ def _schedule(tc: TrainConfig, scratch: bool, epochs: float | None, lr: float | 
 def _train(net: StaticNet, tc: TrainConfig, splits: ImageSplits, device: torch.device, sched: _Schedule,
            progress: bool) -> None:
     """The optimiser steps: the experiment's multi-exit loss, routing and gate cost."""
-    from exitnas.training import LOSSES, gate_penalty, lr_at, make_optimizer, train_loader
+    from exitnas.training import LOSSES, gate_penalty, lr_at, make_optimizer, train_loader, warn_if_all_warmup
 
+    if sched.scratch:  # fine-tuning has no warm-up
+        warn_if_all_warmup(tc, sched.epochs)
     loader = train_loader(tc, splits, device, sched.seed)
     spe = len(loader)
     total = max(1, round(sched.epochs * spe))
@@ -155,6 +158,7 @@ def _retrained_meta(meta: dict[str, Any], ev: ExportEvaluation, costs: dict[str,
         **meta.get("provenance", {}),
         "source": "retrained from scratch" if sched.scratch else "fine-tuned from the inherited weights",
         "retrain": {"epochs": sched.epochs, "lr": sched.lr, "seed": sched.seed, "from": source,
+                    "threads": torch.get_num_threads(),
                     "thresholds_refit_on": "val",
                     **({"ms_budget": budget["budget_ms"]} if "budget_ms" in budget
                        else {"mmacs_budget": budget["budget_macs"] / 1e6})},

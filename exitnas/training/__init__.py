@@ -20,6 +20,7 @@ from exitnas.training._trainer import (
     space_for,
     train_loader,
     train_supernet,
+    warn_if_all_warmup,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "space_for",
     "train_loader",
     "train_supernet",
+    "warn_if_all_warmup",
 ]

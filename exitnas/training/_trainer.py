@@ -6,6 +6,7 @@ import contextlib
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from exitnas._config import EXIT_SETS, ExperimentConfig, TrainConfig
-from exitnas._errors import UserError
+from exitnas._errors import ExitnasWarning, UserError
 from exitnas._io import check_output_dir
 from exitnas.data import GpuBatchLoader, ImageSplits, load_dataset
 from exitnas.search_space import ROUTINGS, ArchConfig, SearchSpace, Supernet, build_space
@@ -30,17 +31,21 @@ from exitnas.training._dist import (
 from exitnas.training._losses import LOSSES
 
 __all__ = ["TrainResult", "gate_penalty", "load_supernet", "lr_at", "make_optimizer", "resolve_device",
-           "sandwich_archs", "space_for", "train_loader", "train_supernet"]
+           "sandwich_archs", "space_for", "train_loader", "train_supernet", "warn_if_all_warmup"]
 
 CHECKPOINT_NAME = "supernet.pt"
 
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What one ``train_supernet`` call did; ``already_complete``: a resumed run that had
+    already reached its last step, so nothing was trained."""
+
     checkpoint: Path
     steps: int
     images_per_s: float
     last_loss: float
+    already_complete: bool = False
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -89,6 +94,14 @@ def gate_penalty(gate_use: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
     return used / sum(total for _, total in gate_use)
 
 
+def warn_if_all_warmup(tc: TrainConfig, epochs: float) -> None:
+    """Warn when the warm-up lasts the whole run: the learning rate would only rise, never decay."""
+    if 0 < epochs <= tc.warmup_epochs:
+        warnings.warn(f"train.warmup_epochs {tc.warmup_epochs:g} >= the run's {epochs:g} epochs: the whole run is "
+                      "warm-up and the learning rate never decays; lower train.warmup_epochs", ExitnasWarning,
+                      stacklevel=2)
+
+
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to zero."""
     if step < warmup:
@@ -123,6 +136,9 @@ def train_supernet(
     _check_out(cfg.train.out, resume, force)
     run = _Run.open(cfg, splits)
     step = run.resume() if resume and run.ckpt_path.exists() else 0
+    if step >= run.total:  # a finished run resumed: nothing to train, and its config.yaml stays
+        return TrainResult(run.ckpt_path, step, 0.0, float("nan"), already_complete=True)
+    warn_if_all_warmup(cfg.train, cfg.train.epochs)
     broadcast_parameters(run.model, run.info)
     if run.info.is_main:
         run.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +175,7 @@ class _Run:
     loader: GpuBatchLoader
     total: int
     ckpt_path: Path
+    classes: tuple[str, ...]
 
     @classmethod
     def open(cls, cfg: ExperimentConfig, splits: ImageSplits | None) -> _Run:
@@ -182,7 +199,8 @@ class _Run:
         total = max(1, round(tc.epochs * spe))
         warmup = min(total, round(tc.warmup_epochs * spe))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, total, warmup, 1.0))
-        return cls(cfg, info, device, space, model, opt, sched, loader, total, Path(tc.out) / CHECKPOINT_NAME)
+        return cls(cfg, info, device, space, model, opt, sched, loader, total, Path(tc.out) / CHECKPOINT_NAME,
+                   splits.classes)
 
     def resume(self) -> int:
         """Load the checkpoint's model, optimiser, schedule and RNG states; return its step."""
@@ -203,8 +221,8 @@ class _Run:
         return int(state["step"])
 
     def save(self, step: int) -> None:
-        save_checkpoint(self.ckpt_path, _state(self.model, self.opt, self.sched, self.space, self.cfg, step,
-                                               self.total))
+        state = _state(self.model, self.opt, self.sched, self.space, self.cfg, step, self.total)
+        save_checkpoint(self.ckpt_path, {**state, "classes": list(self.classes)})
 
     def loop(self, step: int, end: int) -> TrainResult:
         """Train from ``step`` to ``end``, with a progress bar and checkpoints."""
@@ -294,6 +312,7 @@ def _state(model: Supernet, opt: torch.optim.Optimizer, sched: Any, space: Searc
         "total_steps": total,
         "space": space.to_dict(),
         "config": yaml.safe_load(cfg.to_yaml()),
+        "threads": torch.get_num_threads(),  # the count this run trained with (results can differ by it)
     }
 
 

@@ -31,7 +31,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_tar() is None, reason="needs shared/data/cifar10-jpeg.tar.xz (see data/README.md)")
+@pytest.mark.skipif(_tar() is None, reason="needs shared/data/cifar10-jpeg.tar.xz (see benchmarks/README.md)")
 def test_smoke_run_writes_every_step_summary_and_leaves_results_md_alone(tmp_path: Path) -> None:
     out = tmp_path / "headline"
     before = RESULTS.read_bytes() if RESULTS.is_file() else None

@@ -22,6 +22,11 @@ def test_demo_runs_the_whole_pipeline_and_prints_what_it_wrote(tmp_path: Path) -
             "model.torchscript.pt", "model.onnx"} <= names
     for p in listed:
         assert p.is_file() and p.stat().st_size > 0, p
+    # every file the demo wrote is listed (SQLite's side files aside), the count with them
+    on_disk = {p for p in out.rglob("*") if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+    assert set(listed) == on_disk and f"; {len(listed)} files (" in proc.stdout
+    assert {"summary.json", "plotly.min.js", "front.html"} <= names
+    assert "--artifact-dir" in proc.stdout
     meta = json.loads((out / "export" / "arch.json").read_text())
     assert 0.0 < meta["metrics"]["test"]["accuracy"] <= 1.0
     assert "optuna-dashboard sqlite:///" in proc.stdout

@@ -53,11 +53,17 @@ def test_largest_prints_table_and_writes_json(checkpoint: Path, tmp_path: Path,
     rows = lines[header + 1 : header + 5]
     assert [r.split()[0] for r in rows] == ["0", "1", "2", "3"]  # largest: an exit at each of 4 blocks
     assert any(line.startswith("oracle (test)") for line in lines)
+    assert "classes (digits): 0 0, 1 1, 2 2, 3 3, 4 4, 5 5, 6 6, 7 7, 8 8, 9 9" in lines
+    bb = lines.index("budgeted batch on test (thresholds fit on val for exit shares ∝ p^k):")
+    assert lines[bb + 1].split()[:3] == ["p", "MMACs", "test"]
+    table = lines[bb + 2 : next(i for i, line in enumerate(lines) if line.startswith("oracle (test)"))]
+    assert len(table) == len(json.loads(out.read_text())["budgeted_batch_test"]) > 1
     assert any(line.startswith("thresholds on test") for line in lines)
     assert lines[-1] == f"wrote {out}"
 
     result: dict[str, Any] = json.loads(out.read_text())
     assert result["arch"]["depths"] == [2, 2]
+    assert result["classes"] == [str(d) for d in range(10)] and result["threads"] >= 1
     macs = result["costs"]["macs"]
     assert len(macs) == 4 and macs == sorted(macs)
     assert [p["macs"] for p in result["anytime"]["test"]] == macs

@@ -252,6 +252,34 @@ def test_image_folder_grayscale_and_jpeg_become_rgb(tmp_path: Path) -> None:
     assert int(s.test_x[1].float().mean().round()) == 90  # class a, g.png after c.JPG
 
 
+def test_grayscale_folder_keeps_one_channel_unless_set(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            for i in range(2):
+                (tmp_path / split / cls).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((5, 5), 40 * i + 7, np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    s = load_dataset(DataConfig("image-folder", root=str(tmp_path), val_size=1))
+    assert s.in_channels == 1 and s.test_x.shape == (4, 1, 5, 5) and s.classes == ("a", "b")
+    assert s.test_x[1].unique().tolist() == [47]
+    rgb = load_dataset(DataConfig("image-folder", root=str(tmp_path), val_size=1, channels=3))
+    assert rgb.in_channels == 3 and torch.equal(rgb.test_x[:, 1], s.test_x[:, 0])
+
+
+def test_colour_to_one_channel_is_pil_luma(tmp_path: Path) -> None:
+    written = _fake_folder(tmp_path)
+    s = load_dataset(DataConfig("image-folder", root=str(tmp_path), val_size=3, channels=1))
+    assert s.in_channels == 1 and s.classes == ("ant", "moose", "zebra")
+    luma = np.asarray(Image.fromarray(written["test/moose/01"]).convert("L"))
+    assert torch.equal(s.test_x[3, 0], torch.from_numpy(luma))
+
+
+def test_class_names_and_the_channels_key(tmp_path: Path) -> None:
+    assert load_dataset(DataConfig("digits")).classes == tuple("0123456789")
+    assert load_dataset(DataConfig("digits", channels=3)).in_channels == 3
+    with pytest.raises(UserError, match="data.channels must be 1, 3 or empty"):
+        DataConfig("digits", channels=2)
+
+
 @pytest.mark.parametrize(
     ("setup", "pattern"),
     [

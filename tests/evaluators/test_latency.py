@@ -95,6 +95,28 @@ def test_table_of_another_space_or_malformed_is_refused(space, table, tmp_path: 
         LatencyTable.load(tmp_path / "missing.json")
 
 
+def test_profile_measures_its_own_noise(table) -> None:  # type: ignore[no-untyped-def]
+    assert set(table.noise) == {"median_relative_iqr", "repeat_change"}
+    assert all(v >= 0 for v in table.noise.values())
+
+
+def test_noisy_timings_are_warned_about() -> None:
+    import warnings
+
+    from exitnas._errors import ExitnasWarning
+    from exitnas.evaluators._latency import NOISE_WARN, measure_noise, warn_if_noisy
+
+    entries = {"a": {"median_ms": 1.0, "iqr_ms": 0.1}, "b": {"median_ms": 2.0, "iqr_ms": 1.0},
+               "c": {"median_ms": 4.0, "iqr_ms": 0.4}}
+    noise = measure_noise(entries, first=1.0, again=1.3)
+    assert noise == pytest.approx({"median_relative_iqr": 0.1, "repeat_change": 0.3})
+    with pytest.warns(ExitnasWarning, match=r"noisy \(spread 10% of the median; one op timed again 30% off\)"):
+        warn_if_noisy(noise)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_noisy({"median_relative_iqr": NOISE_WARN / 2, "repeat_change": NOISE_WARN / 2})
+
+
 def test_time_call_counts_and_orders() -> None:
     x = torch.randn(64, 64)
     small = time_call(lambda: x @ x, torch.device("cpu"), warmup=1, repeats=5, inner=2)

@@ -28,10 +28,15 @@ def _get(url: str) -> dict:  # type: ignore[type-arg]
 
 
 @pytest.mark.slow
-def test_dashboard_serves_study_metric_names_and_arch(searched) -> None:  # type: ignore[no-untyped-def]
+def test_dashboard_serves_study_metric_names_arch_and_report(searched) -> None:  # type: ignore[no-untyped-def]
+    from exitnas.results import build_report
+
+    report = build_report(searched.storage, searched.study, None, searched.root / "dashboard-report", device="cpu",
+                          max_points=2)
     exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).with_name("optuna-dashboard"))
     port = _free_port()
-    proc = subprocess.Popen([exe, searched.storage, "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([exe, searched.storage, "--host", "127.0.0.1", "--port", str(port),
+                             "--artifact-dir", str(report.artifact_dir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     base = f"http://127.0.0.1:{port}/api"
     try:
@@ -57,6 +62,10 @@ def test_dashboard_serves_study_metric_names_and_arch(searched) -> None:  # type
         assert "arch" in attrs
         arch = json.loads(attrs["arch"]) if isinstance(attrs["arch"], str) else attrs["arch"]
         assert set(arch) >= {"depths", "widths", "ratios", "exits", "heads"}
+        # the report's artifacts, served with the --artifact-dir that `exitnas report` prints
+        artifact = f"http://127.0.0.1:{port}/artifacts/{names[searched.study]}/{report.artifact_ids['report.html']}"
+        with urllib.request.urlopen(artifact, timeout=10) as r:
+            assert r.read() == report.html.read_bytes()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -15,7 +15,7 @@ from exitnas._errors import UserError
 from exitnas.results._export import export_trial, load_trial
 from exitnas.runtime import load_export
 from exitnas.search_space import ArchConfig
-from exitnas.training import load_supernet
+from exitnas.training import load_checkpoint, load_supernet
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,8 @@ def test_export_writes_every_file_with_hashes(exported) -> None:  # type: ignore
     prov = meta["provenance"]
     assert prov["trial"] == trial.number and len(prov["checkpoint_sha256"]) == 64
     assert prov["versions"]["torch"] == torch.__version__
+    assert prov["threads"] == torch.get_num_threads()  # results can differ between thread counts
+    assert meta["classes"] == [str(d) for d in range(10)]  # digits, named by label
     assert meta["metrics"]["val"]["accuracy"] == pytest.approx(trial.values[0])
     assert 0.0 <= meta["metrics"]["test"]["accuracy"] <= 1.0
     assert not list(r.directory.glob(".*.tmp"))
@@ -157,6 +159,24 @@ def test_retrain_reports_test_accuracy_and_refits_within_budget(exported, tmp_pa
     model, new_meta = load_export(tmp_path / "re")
     assert new_meta["provenance"]["source"].startswith("fine-tuned")
     assert new_meta["metrics"]["test"]["accuracy"] == pytest.approx(res.test_accuracy)
+
+
+def test_export_carries_the_supernet_training_recipe(searched, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A study whose config says other training than its checkpoint's: the export (and so
+    retrain) takes the checkpoint's recipe; where and how to run stays the study's."""
+    from exitnas.experiment import Experiment
+    from exitnas.results import open_study
+
+    study = open_study(searched.storage, searched.study)
+    attrs = dict(study.user_attrs)
+    trained = load_checkpoint(searched.checkpoint)["config"]["train"]
+    attrs["config"] = {**attrs["config"], "train": {**attrs["config"]["train"], "epochs": 60.0, "lr": 0.7,
+                                                    "device": "cpu", "out": "elsewhere"}}
+    assert attrs["classes"] == load_checkpoint(searched.checkpoint)["classes"] == [str(d) for d in range(10)]
+    assert attrs["threads"] >= 1 and load_checkpoint(searched.checkpoint)["threads"] >= 1
+    exp = Experiment.from_study(attrs, searched.study, searched.checkpoint)
+    assert (exp.cfg.train.epochs, exp.cfg.train.lr) == (trained["epochs"], trained["lr"])
+    assert exp.cfg.train.out == "elsewhere"
 
 
 def test_export_bad_input(searched, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -57,7 +57,7 @@ def test_infeasible_trials_leave_the_front(make_study: MakeStudy) -> None:
 
 
 def test_journal_storage(make_study: MakeStudy, fast_tmp: Path) -> None:
-    url = f"journal://{fast_tmp / 'study.log'}"
+    url = f"journal:///{fast_tmp / 'study.log'}"
     make_study([(0.5, 1.0), (0.6, 2.0)], url=url)
     assert load_front(url).pareto == (0, 1)  # the only study needs no name
 

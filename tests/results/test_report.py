@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -119,6 +120,44 @@ def test_html_is_self_contained(report: ReportResult) -> None:
     assert not list(report.html.parent.rglob("*.tmp"))
     summary = json.loads(report.summary.read_text())
     assert summary["chosen"] == report.chosen_trial and summary["pareto"] == list(report.front.pareto)
+    assert summary["threads"] >= 1 and f"({summary['threads']} threads)" in text
+
+
+def test_figure_files_work_offline(report: ReportResult) -> None:
+    from plotly.offline import get_plotlyjs
+
+    from exitnas.results._report import PLOTLY_JS
+
+    folder = report.figures["front"].parent
+    assert (folder / PLOTLY_JS).read_text() == get_plotlyjs()  # one copy beside the figures
+    for path in report.figures.values():
+        text = path.read_text()
+        local, cdn = text.index(f'src="{PLOTLY_JS}"'), text.index("cdn.plot.ly")
+        assert local < cdn < text.index("Plotly.newPlot")  # the CDN only where the file is missing
+        assert "window.Plotly ||" in text and '<script charset="utf-8" src="https://' not in text
+
+
+def test_cost_axes_are_log_scaled(report: ReportResult) -> None:
+    from exitnas.results._figures import plot_curves, plot_front
+
+    front = plot_front(report.front, report.tests, report.curves)
+    assert front.layout.xaxis.type == "log" and "MMACs" in front.layout.xaxis.title.text
+    assert plot_curves(report.curves).layout.xaxis.type == "log"
+
+
+def test_table_has_one_row_per_distinct_result_and_a_legend(report: ReportResult) -> None:
+    from dataclasses import replace
+
+    from exitnas.results._report import TABLE_LEGEND, _table
+
+    text = report.html.read_text()
+    table = text[text.index("<table>"):text.index("</table>")]
+    distinct = {(p.val_accuracy, p.val_cost, p.test_accuracy, p.test_cost) for p in report.tests}
+    assert table.count("<tr") - 1 == len(distinct)
+    assert html.escape(TABLE_LEGEND) in text
+    p = report.tests[0]
+    twins = _table((replace(p, trial=90), p, replace(p, trial=91)), chosen=p.trial, unit="MMACs")
+    assert twins.count("<tr") == 2 and f"<td>{p.trial} (+2: 90, 91)</td>" in twins
 
 
 def test_artifacts_are_attached_to_the_study(report: ReportResult, searched: Any) -> None:

@@ -85,7 +85,7 @@ def test_other_optuna_warnings_pass(optuna_log: _Lines) -> None:
 
 def test_ctrl_c_during_search(search_args: Callable[..., list[str]], tmp_path: Path, env: dict[str, str]) -> None:
     log = tmp_path / "study.log"
-    url = f"journal://{log}"
+    url = f"journal:///{log}"
     argv = search_args(url, "--trials", "500", "--set", "search.recal_images=1000")
     proc = subprocess.Popen([sys.executable, "-m", "exitnas", *argv], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

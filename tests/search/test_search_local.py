@@ -143,7 +143,7 @@ def test_threshold_only_change_reuses_the_exit_cache(trained: Any, make_cfg: Cal
 
 
 def test_journal_storage(trained: Any, tmp_path: Path, search_args: Callable[..., list[str]]) -> None:
-    url = f"journal://{tmp_path / 'study.log'}"
+    url = f"journal:///{tmp_path / 'study.log'}"
     assert main(search_args(url, "--trials", "3")) == 0
     study = _load(url)
     assert isinstance(study._storage, optuna.storages.JournalStorage)

@@ -20,7 +20,7 @@ TRIALS = 8
 @pytest.mark.slow
 def test_two_ray_workers_fill_one_journal_study(tmp_path: Path, search_args: Callable[..., list[str]],
                                                 env: dict[str, str]) -> None:
-    url = f"journal://{tmp_path / 'study.log'}"
+    url = f"journal:///{tmp_path / 'study.log'}"
     argv = search_args(url, "--backend", "ray", "--workers", "2", "--trials", str(TRIALS))
     # A subprocess: Ray's local cluster, its workers and their environment stay out of pytest.
     proc = subprocess.Popen([sys.executable, "-m", "exitnas", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from exitnas._config import ExperimentConfig, load_config
-from exitnas._errors import UserError
+from exitnas._errors import ExitnasWarning, UserError
 from exitnas.data import DataConfig, GpuBatchLoader, ImageSplits, load_dataset
 from exitnas.search_space import Supernet
 from exitnas.training import load_checkpoint, load_supernet, save_checkpoint, space_for, train_supernet
@@ -110,6 +110,32 @@ def test_resume_is_exact(tmp_path: Path, splits: ImageSplits) -> None:
     mid = train_supernet(_cfg(tmp_path / "c", splits, n), splits=splits, stop_at_step=3)
     sm = load_checkpoint(mid.checkpoint)["model"]
     assert any(not torch.equal(sm[k], sa["model"][k]) for k in sm if sm[k].is_floating_point())
+
+
+def test_resuming_a_finished_run_says_it_is_complete(tmp_path: Path, splits: ImageSplits,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from exitnas.cli import main
+
+    cfg = _cfg(tmp_path / "run", splits, 3)
+    assert not train_supernet(cfg, splits=splits).already_complete
+    again = train_supernet(cfg, splits=splits, resume=True)
+    assert again.already_complete and again.steps == 3
+    assert main(["train", "--config", str(tmp_path / "run" / "config.yaml"), "--resume", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "already complete at step 3" in out and "images/s" not in out
+
+
+def test_a_run_that_is_all_warm_up_is_warned_about(tmp_path: Path, splits: ImageSplits,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from exitnas.cli import main
+
+    cfg = _cfg(tmp_path / "run", splits, 2, "train.warmup_epochs=1")
+    with pytest.warns(ExitnasWarning, match="whole run is warm-up and the learning rate never decays"):
+        train_supernet(cfg, splits=splits)
+    # the CLI shows it as one line, as it shows errors (--force: the first run's checkpoint is there)
+    assert main(["train", "--config", str(tmp_path / "run" / "config.yaml"), "--threads", "1", "--force"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("exitnas: warning: train.warmup_epochs 1 >= the run's")]
 
 
 def test_checkpoint_is_atomic_and_loads_weights_only(tmp_path: Path, splits: ImageSplits) -> None:
