@@ -34,9 +34,9 @@ STALE_LOCK_S = 10.0
 T = TypeVar("T")
 
 #: Messages of the errors two processes get when they create the same tables or study at one
-#: instant (PostgreSQL's catalog unique index, SQLite's DDL, a busy SQLite file).
+#: instant (PostgreSQL's catalog unique index, SQLite's DDL, both on alembic_version, a busy SQLite file).
 _RACE_MESSAGES = ("already exists", "pg_type_typname_nsp_index", "duplicate key", "database is locked",
-                  "uniqueviolation", "database schema has changed")
+                  "uniqueviolation", "unique constraint failed", "database schema has changed")
 
 
 def storage_kind(url: str) -> str:
