@@ -89,9 +89,10 @@ def _round(cfg: ExperimentConfig, remote: Any, checkpoint: str, workers: list[in
             try:
                 done += ray.get(f)
             except ray.exceptions.RayError as e:  # a worker died: its finished trials are stored
-                print(f"exitnas: search worker {futures[f]} failed: {str(e).splitlines()[0]}", flush=True)
+                retried = retry_lost_trials(cfg, futures[f])
+                print(f"exitnas: search worker {futures[f]} failed: {str(e).splitlines()[0]}; its running trials "
+                      f"failed and queued again: {retried}", flush=True)
                 lost += 1
-                retry_lost_trials(cfg, futures[f])
         if bar is not None:
             bar()
     return done, lost

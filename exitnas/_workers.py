@@ -151,25 +151,37 @@ class _Heartbeat:
         self.thread.join()
 
 
-def _process_start(pid: int) -> int | None:
-    """The start time of process ``pid`` in clock ticks since boot (Linux), to tell a reused pid."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields 3… of ``/proc/PID/stat`` (Linux; None elsewhere or when the process is gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name before ")" may hold spaces
+    return stat.rsplit(")", 1)[1].split()  # the name before ")" may hold spaces
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot, to tell a reused pid."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None  # field 22
 
 
 def _dead(pid: int, started: int | None) -> bool:
-    """Whether the process ``pid`` of this host that started at ``started`` is gone."""
+    """Whether the process ``pid`` of this host that started at ``started`` is gone.
+
+    A killed process its parent has not reaped yet (a Ray worker under its raylet) is a
+    zombie: dead, though its pid still answers.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # it exists, under another user
         pass
-    now = _process_start(pid)
-    return started is not None and now is not None and now != started
+    fields = _proc_stat(pid)
+    if fields is None:
+        return False
+    return fields[0] in ("Z", "X") or (started is not None and int(fields[19]) != started)
 
 
 def _stale(trial: FrozenTrial, now: float, beats: bool) -> bool:

@@ -86,9 +86,13 @@ def test_a_trial_after_enough_complete_running_or_queued_trials_is_surplus() -> 
 
 
 # -- stale trials -------------------------------------------------------------------------------------
-def _dead_pid() -> int:
+def _dead_pid(reap: bool = True) -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
+    if reap:
+        p.wait()
+        return p.pid
+    while Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # exited, not reaped
+        time.sleep(0.01)
     return p.pid
 
 
@@ -99,6 +103,7 @@ def test_stale_trials_are_failed_and_queued_once(kind: str, tmp_path: Path) -> N
     me = {"worker_host": HOST, "worker_pid": os.getpid(), "worker_started": _process_start(os.getpid())}
     cases = {
         "dead here": {"worker_host": HOST, "worker_pid": _dead_pid()},
+        "zombie here": {"worker_host": HOST, "worker_pid": _dead_pid(reap=False)},
         "reused pid": {**me, "worker_started": -1},
         "alive here": me,
         "silent elsewhere": {"worker_host": "elsewhere", "worker_pid": 1, "heartbeat": time.time() - 1000},
@@ -112,7 +117,7 @@ def test_stale_trials_are_failed_and_queued_once(kind: str, tmp_path: Path) -> N
             t.set_user_attr(k, v)
         numbers[name] = t.number
     # The journal has no heartbeat but exitnas's; SQLite's trials of other hosts are Optuna's heartbeat's.
-    stale = {"dead here", "reused pid"} | ({"silent elsewhere"} if kind == "journal" else set())
+    stale = {"dead here", "zombie here", "reused pid"} | ({"silent elsewhere"} if kind == "journal" else set())
     assert fail_stale_trials(study) == len(stale)
     assert fail_stale_trials(study) == 0
     trials = study.get_trials()
