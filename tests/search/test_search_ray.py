@@ -9,7 +9,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 import pytest
@@ -21,21 +21,29 @@ from exitnas._study import worker_seed
 TRIALS = 8
 
 
-@pytest.mark.slow
-def test_two_ray_workers_fill_one_journal_study(tmp_path: Path, search_args: Callable[..., list[str]],
-                                                env: dict[str, str]) -> None:
-    url = f"journal://{tmp_path / 'study.log'}"
-    argv = search_args(url, "--backend", "ray", "--workers", "2", "--trials", str(TRIALS))
-    # A subprocess: Ray's local cluster, its workers and their environment stay out of pytest.
+def _search(argv: list[str], env: dict[str, str],
+            during: Callable[[subprocess.Popen[str]], Any] | None = None) -> tuple[str, Any, int]:
+    """``exitnas search`` in a subprocess (Ray's local cluster, its workers and their environment
+    stay out of pytest), ``during(proc)`` called while it runs; (stdout, what ``during`` gave, pid)."""
     proc = subprocess.Popen([sys.executable, "-m", "exitnas", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:
+        got = during(proc) if during is not None else None
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err[-3000:]
+    return out, got, proc.pid
+
+
+@pytest.mark.slow
+def test_two_ray_workers_fill_one_journal_study(tmp_path: Path, search_args: Callable[..., list[str]],
+                                                env: dict[str, str]) -> None:
+    url = f"journal://{tmp_path / 'study.log'}"
+    argv = search_args(url, "--backend", "ray", "--workers", "2", "--trials", str(TRIALS))
+    out, _, driver = _search(argv, env)
     assert "Pareto front" in out
     assert "exitnas: search worker" not in out and "failed" not in out  # what the driver prints when one dies
 
@@ -47,7 +55,7 @@ def test_two_ray_workers_fill_one_journal_study(tmp_path: Path, search_args: Cal
     # Each of the two workers may run at most ceil(8 / 2) trials, so both ran some; neither
     # is the driver process.
     assert len(pids) == 2 and max(pids.values()) <= TRIALS // 2
-    assert proc.pid not in pids
+    assert driver not in pids
     # Index-derived identities (a fresh study: 0 and 1), one seed stream each.
     seeds = {t.user_attrs["worker"]: t.user_attrs["worker_seed"] for t in trials}
     assert sorted(seeds) == [0, 1] and len(set(seeds.values())) == 2
@@ -79,16 +87,7 @@ def test_a_killed_ray_worker_loses_nothing_and_the_driver_completes_the_study(
         tmp_path: Path, search_args: Callable[..., list[str]], env: dict[str, str]) -> None:
     url = f"journal://{tmp_path / 'study.log'}"
     argv = search_args(url, "--backend", "ray", "--workers", "2", "--trials", str(KILL_TRIALS), "--sampler", "random")
-    proc = subprocess.Popen([sys.executable, "-m", "exitnas", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
-    try:
-        pid, killed = _kill_a_worker(url, proc)
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err[-3000:]
+    out, (pid, killed), _ = _search(argv, env, lambda proc: _kill_a_worker(url, proc))
     # The driver retries the dead worker's trial, unless the other worker, which checks before each
     # trial whether the workers of its host are alive, was first (then the driver finds none).
     assert "exitnas: search worker" in out and "its running trials failed and queued again:" in out
