@@ -137,10 +137,10 @@ class _Heartbeat:
         self.thread = threading.Thread(target=self._beat, daemon=True, name=f"exitnas-heartbeat-{trial.number}")
 
     def _beat(self) -> None:
-        while True:
+        # No beat at the start: until the first one, the trial's start time stands in for it
+        # (each journal write is an fsync'd append; a short trial needs none).
+        while not self.stopped.wait(_storage.HEARTBEAT_INTERVAL):
             self.trial.study._storage.set_trial_user_attr(self.trial._trial_id, "heartbeat", time.time())
-            if self.stopped.wait(_storage.HEARTBEAT_INTERVAL):
-                return
 
     def __enter__(self) -> _Heartbeat:
         self.thread.start()

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from exitnas._storage import clear_stale_journal_lock, open_storage
 from exitnas._study import DIRECTIONS, WorkerSampler, worker_seed
-from exitnas._workers import HOST, _Gate, _process_start, fail_stale_trials, retry_trial
+from exitnas._workers import HOST, _Gate, _Heartbeat, _process_start, fail_stale_trials, retry_trial
 from exitnas.cli import main
 
 from .conftest import HERE, fresh_postgres_databases
@@ -129,6 +129,21 @@ def test_stale_trials_are_failed_and_queued_once(kind: str, tmp_path: Path) -> N
         assert r.system_attrs["fixed_params"] == failed.params
         assert r.system_attrs["failed_trial"] == failed.number and r.system_attrs["retry_history"] == [failed.number]
     assert not retry_trial(study, trials[numbers["dead here"]])  # already failed: not queued twice
+
+
+def test_a_journal_trial_beats_while_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("exitnas._storage.HEARTBEAT_INTERVAL", 0.05)
+    url = f"journal://{tmp_path / 's.log'}"
+    study = optuna.create_study(study_name="s", storage=open_storage(url), directions=DIRECTIONS)
+    trial = study.ask()
+    with _Heartbeat(trial):
+        time.sleep(0.3)
+        first = _load(url, "s").trials[0].user_attrs["heartbeat"]
+        time.sleep(0.2)
+    last = _load(url, "s").trials[0].user_attrs["heartbeat"]
+    assert time.time() - 1 < first < last <= time.time()
+    time.sleep(0.2)
+    assert _load(url, "s").trials[0].user_attrs["heartbeat"] == last  # stopped with the trial
 
 
 # -- journal lock -------------------------------------------------------------------------------------
