@@ -321,6 +321,19 @@ def render(env: dict[str, str], setup: dict[str, Any], tp: list[dict[str, Any]],
     return "\n".join(lines) + "\n"
 
 
+def _oversubscribed(setup: dict[str, Any]) -> list[str]:
+    """A warning line (and a blank) when other jobs kept the cores busy during the run."""
+    try:
+        load = float(str(setup["load_before"]).split()[0])
+    except (ValueError, IndexError):
+        return []
+    if load <= setup["cores"] - 1:
+        return []
+    return [f"The load average was {load:.1f} on {setup['cores']} cores when the run started: the workers shared "
+            "busy cores with other jobs, so these efficiencies are the share of a busy machine they got, and the "
+            "≥ 0.85 target cannot be judged on this machine.", ""]
+
+
 def render_workers(env: dict[str, str], setup: dict[str, Any], equal_trials: list[dict[str, Any]],
                    equal_time: list[dict[str, Any]]) -> str:
     one, base = equal_trials[0], equal_time[0]
@@ -349,6 +362,7 @@ def render_workers(env: dict[str, str], setup: dict[str, Any], equal_trials: lis
         "Hypervolume of the front of all complete trials in the (1 − val accuracy, MMACs / ref) plane, reference "
         "(1, 1), ref = 1.1 × the largest subnet's final-exit MMACs; larger is better. One run each; *wall s* runs "
         "from the barrier to the last worker's exit (a trial started before the deadline finishes).", "",
+        *_oversubscribed(setup),
         "| workers | complete | wall s | trials/min | speed-up | efficiency | trials per worker | distinct candidates "
         "| hypervolume | front |",
         "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
