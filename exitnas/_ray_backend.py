@@ -2,20 +2,25 @@
 
 The database stays the single source of truth (DESIGN §8: Ray Tune's OptunaSearch does not
 write re-run trials back). A worker that dies loses only its running trial: the driver
-fails it and enqueues its params again (SQLite and PostgreSQL would also do this through
-heartbeats; Optuna's journal file has none), then starts another round of workers until
+fails it and enqueues its params again (the next workers would also find it, see
+:func:`~exitnas._workers.fail_stale_trials`), then starts another round of workers until
 the study has its trials.
+
+Worker ``w`` of a round has identity ``base + w`` (its sampler seed and the ``worker`` user
+attribute of its trials), ``base`` being the number of trials in the study when the round
+starts (raised past the previous round's identities): identities from trial numbers, as a
+plain worker's (its first trial's number), so a Ray round does not replay an earlier run's
+seeds.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 from exitnas._config import ExperimentConfig
 from exitnas._errors import UserError
-from exitnas._workers import retry_lost_trials, run_worker, stored_completed
+from exitnas._workers import retry_lost_trials, run_worker, stored_completed, stored_trials
 
 __all__ = ["run_ray_workers"]
 
@@ -23,7 +28,7 @@ __all__ = ["run_ray_workers"]
 MAX_ROUNDS = 3
 
 
-def _worker(cfg_dict: dict[str, Any], checkpoint: str, worker: int, n_trials: int, threads: int, token: str) -> int:
+def _worker(cfg_dict: dict[str, Any], checkpoint: str, worker: int, n_trials: int, threads: int) -> int:
     import optuna
     import torch
 
@@ -33,7 +38,7 @@ def _worker(cfg_dict: dict[str, Any], checkpoint: str, worker: int, n_trials: in
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     one_line_trial_errors()
     torch.set_num_threads(max(1, threads))
-    return run_worker(ExperimentConfig.from_dict(cfg_dict), checkpoint, worker, n_trials, token=token)
+    return run_worker(ExperimentConfig.from_dict(cfg_dict), checkpoint, worker, n_trials)
 
 
 def run_ray_workers(cfg: ExperimentConfig, checkpoint: str, trials_per_worker: int) -> int:
@@ -58,31 +63,42 @@ def run_ray_workers(cfg: ExperimentConfig, checkpoint: str, trials_per_worker: i
         threads = max(1, cpus // sc.workers)
         remote = ray.remote(num_cpus=1, num_gpus=sc.gpus_per_worker, max_retries=0)(_worker)
         bar = _progress(cfg)
-        done_total = 0
+        done_total, base = 0, stored_trials(cfg)
         for round_ in range(MAX_ROUNDS):
-            tokens = [f"ray-{uuid.uuid4().hex[:12]}-w{w}" for w in range(sc.workers)]
-            futures = [remote.remote(cfg.to_dict(), checkpoint, w, trials_per_worker, threads, tokens[w])
-                       for w in range(sc.workers)]
-            token_of = dict(zip(futures, tokens))
-            lost = 0
-            pending = list(futures)
-            while pending:
-                ready, pending = ray.wait(pending, timeout=1.0)
-                for f in ready:
-                    try:
-                        done_total += ray.get(f)
-                    except ray.exceptions.RayError as e:  # a worker died: its finished trials are stored
-                        print(f"exitnas: search worker {token_of[f]} failed: {str(e).splitlines()[0]}")
-                        lost += 1 + retry_lost_trials(cfg, token_of[f])
-                if bar is not None:
-                    bar()
+            done, lost = _round(cfg, remote, checkpoint, list(range(base, base + sc.workers)), trials_per_worker,
+                                threads, bar)
+            done_total += done
             if not lost or stored_completed(cfg) >= sc.trials:
                 break
             print(f"exitnas: round {round_ + 1} lost {lost} worker(s); starting another round")
+            base = max(stored_trials(cfg), base + sc.workers)
         return done_total
     finally:
         if started:
             ray.shutdown()
+
+
+def _round(cfg: ExperimentConfig, remote: Any, checkpoint: str, workers: list[int], n_trials: int, threads: int,
+           bar: Any) -> tuple[int, int]:
+    """One round of workers; returns the trials they completed and how many workers died."""
+    import ray
+
+    futures = {remote.remote(cfg.to_dict(), checkpoint, w, n_trials, threads): w for w in workers}
+    done = lost = 0
+    pending = list(futures)
+    while pending:
+        ready, pending = ray.wait(pending, timeout=1.0)
+        for f in ready:
+            try:
+                done += ray.get(f)
+            except ray.exceptions.RayError as e:  # a worker died: its finished trials are stored
+                retried = retry_lost_trials(cfg, futures[f])
+                print(f"exitnas: search worker {futures[f]} failed: {str(e).splitlines()[0]}; its running trials "
+                      f"failed and queued again: {retried}", flush=True)
+                lost += 1
+        if bar is not None:
+            bar()
+    return done, lost
 
 
 def _progress(cfg: ExperimentConfig) -> Any:

@@ -14,21 +14,34 @@ relative path (``sqlite:///runs/x.db``, ``journal:///runs/x.log``), four for an 
 from __future__ import annotations
 
 import json
+import os
+import random
+import time
+import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from exitnas._errors import UserError
 
-__all__ = ["open_storage", "storage_kind", "storage_path", "check_journal_file", "HEARTBEAT_INTERVAL",
-           "GRACE_PERIOD"]
+__all__ = ["open_storage", "storage_kind", "storage_path", "check_journal_file", "retry_creation_race",
+           "clear_stale_journal_lock", "HEARTBEAT_INTERVAL", "GRACE_PERIOD", "STALE_LOCK_S"]
 
 HEARTBEAT_INTERVAL = 5
 GRACE_PERIOD = 20
+#: A journal lock older than this is a dead process's: a live one holds it for one append and fsync.
+STALE_LOCK_S = 10.0
+
+T = TypeVar("T")
+
+#: Messages of the errors two processes get when they create the same tables or study at one
+#: instant (PostgreSQL's catalog unique index, SQLite's DDL, both on alembic_version, a busy SQLite file).
+_RACE_MESSAGES = ("already exists", "pg_type_typname_nsp_index", "duplicate key", "database is locked",
+                  "uniqueviolation", "unique constraint failed", "database schema has changed")
 
 
 def storage_kind(url: str) -> str:
@@ -121,18 +134,78 @@ def _is_journal_entry(line: bytes) -> bool:
     return isinstance(entry, dict) and "op_code" in entry
 
 
+def retry_creation_race(make: Callable[[], T], attempts: int = 8) -> T:
+    """``make()``, retried when it loses a creation race against another process.
+
+    N workers started at one instant on a fresh database all create the same tables and study;
+    every database lets one win and fails the others (issue 19: PostgreSQL's ``UniqueViolation
+    … pg_type_typname_nsp_index``, SQLite's "table already exists" or "database is locked").
+    The loser finds the winner's tables on its next try, so a short jittered retry suffices.
+    """
+    for attempt in range(attempts):
+        try:
+            return make()
+        except Exception as e:  # noqa: BLE001 - SQLAlchemy wraps each driver's own error class
+            if attempt == attempts - 1 or not any(m in str(e).lower() for m in _RACE_MESSAGES):
+                raise
+            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def clear_stale_journal_lock(path: Path, older_than: float = STALE_LOCK_S) -> bool:
+    """Remove the lock a SIGKILLed process left on a journal file; True if one was removed.
+
+    Optuna's journal lock is a symlink ``FILE.log.lock``, held for one append and fsync. A
+    process killed while holding it leaves it behind, and the next process waits out Optuna's
+    30 s grace period (issue 19). A lock whose own age (``lstat``, not the journal's mtime)
+    exceeds ``older_than`` is a dead process's: it is renamed away (one remover wins) and put
+    back if, between the look and the rename, a live process had taken a fresh lock.
+    """
+    lock = Path(str(path) + ".lock")
+    try:
+        seen = os.lstat(lock)
+    except FileNotFoundError:
+        return False
+    if time.time() - seen.st_mtime < older_than:
+        return False
+    moved = lock.with_name(f"{lock.name}.{uuid.uuid4().hex}.stale")
+    try:
+        os.rename(lock, moved)
+    except FileNotFoundError:  # released or removed by another process meanwhile
+        return False
+    if os.lstat(moved).st_ino != seen.st_ino:  # a fresh lock: give it back to its holder
+        try:
+            os.symlink(os.readlink(moved), lock)
+        finally:
+            moved.unlink()
+        return False
+    moved.unlink()
+    return True
+
+
+def _open_journal(url: str, path: Path) -> optuna.storages.BaseStorage:
+    clear_stale_journal_lock(path)
+    try:
+        # Optuna's own grace (30 s) applies to a lock that goes stale while this process runs.
+        lock = JournalFileSymlinkLock(str(path), grace_period=int(STALE_LOCK_S))
+        return retry_creation_race(lambda: JournalStorage(JournalFileBackend(str(path), lock_obj=lock)))
+    except OSError as e:
+        raise UserError(f"storage {url}: cannot open journal file ({e.strerror})") from None
+
+
 def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
-    """Open (creating tables or files as needed) the storage named by ``url``."""
+    """Open (creating tables or files as needed) the storage named by ``url``.
+
+    Safe when several processes open a fresh database at once (:func:`retry_creation_race`);
+    a journal lock left by a killed process is cleared first (:func:`clear_stale_journal_lock`).
+    """
     kind = storage_kind(url)
     if kind == "journal":
         path = storage_path(url)
         assert path is not None
         check_journal_file(path)
         _make_parent(url, path)
-        try:
-            return JournalStorage(JournalFileBackend(str(path)))
-        except OSError as e:
-            raise UserError(f"storage {url}: cannot open journal file ({e.strerror})") from None
+        return _open_journal(url, path)
     if kind == "postgresql":
         # SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3; exitnas[postgres] ships psycopg2.
         for prefix in ("postgres://", "postgresql://"):
@@ -152,7 +225,7 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
                     "grace_period": GRACE_PERIOD,
                     "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=3),
                 }
-            storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            storage = retry_creation_race(lambda: RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs))
         if kind == "sqlite":
             _fast_sqlite(storage)
         return storage

@@ -12,6 +12,8 @@ import logging
 import traceback
 from typing import Any, Callable
 
+import optuna
+
 from exitnas._errors import UserError
 
 __all__ = ["ERROR_ATTR", "one_line_trial_errors", "recording_errors"]
@@ -30,6 +32,8 @@ def recording_errors(objective: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def run(trial: Any) -> Any:
         try:
             return objective(trial)
+        except optuna.TrialPruned:
+            raise  # not an error: a pruned trial (e.g. one the study no longer needs)
         except BaseException as e:
             text = "".join(traceback.format_exception(e))[-_MAX_TEXT:]
             try:

@@ -123,8 +123,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from exitnas.results import build_report
-    from exitnas.results import VAL_GAP_WARN
+    from exitnas.results import VAL_GAP_WARN, build_report
 
     _apply_threads(args)
     r = build_report(args.storage, args.study, args.checkpoint, args.out, trial=args.trial,

@@ -23,9 +23,17 @@ from exitnas._io import check_output_dir, check_output_file
 from exitnas._objective import ArchObjective
 from exitnas._pareto import pareto_mask
 from exitnas._storage import storage_kind, storage_path
-from exitnas._study import DIRECTIONS, METRIC_NAMES, completed, create_or_load_study, metric_names
+from exitnas._study import (
+    DIRECTIONS,
+    METRIC_NAMES,
+    WorkerSampler,
+    completed,
+    create_or_load_study,
+    metric_names,
+    worker_seed,
+)
 from exitnas._trial_codec import decode_trial, suggest_arch
-from exitnas._workers import retry_lost_trials, run_worker
+from exitnas._workers import fail_stale_trials, retry_lost_trials, run_worker
 from exitnas.experiment import COST_UNITS, Experiment, checkpoint_of
 
 __all__ = [
@@ -33,10 +41,12 @@ __all__ = [
     "METRIC_NAMES",
     "ArchObjective",
     "ParetoPoint",
+    "WorkerSampler",
     "checkpoint_of",
     "completed",
     "create_or_load_study",
     "decode_trial",
+    "fail_stale_trials",
     "format_front",
     "metric_names",
     "pareto_front",
@@ -44,6 +54,7 @@ __all__ = [
     "run_search",
     "run_worker",
     "suggest_arch",
+    "worker_seed",
 ]
 
 
@@ -109,13 +120,13 @@ def run_search(cfg: ExperimentConfig, *, exp: Experiment | None = None,
     # latency table leaves no study behind.
     exp.check_checkpoint()
     exp.latency  # noqa: B018 - loads and checks the table (None for the MACs objective)
-    # Create the study once, before any worker starts (concurrent table creation races). The
-    # local worker reuses this process's data and supernet; Ray workers open their own.
+    # The study exists before any Ray worker starts (creation is also safe under simultaneous
+    # starts). The local worker reuses this process's data and supernet; Ray workers open their own.
     study = create_or_load_study(exp)
     remaining = max(0, sc.trials - completed(study))
     if remaining:
         if sc.backend == "local":
-            run_worker(cfg, exp.checkpoint, 0, remaining, progress=sc.progress, exp=exp, timeout=timeout)
+            run_worker(cfg, exp.checkpoint, None, remaining, progress=sc.progress, exp=exp, timeout=timeout)
         else:
             from exitnas._ray_backend import run_ray_workers
 

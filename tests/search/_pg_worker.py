@@ -2,9 +2,10 @@
 
 Used by the PostgreSQL and kill tests (several of these share one storage)::
 
-    python _pg_worker.py CONFIG.yaml CHECKPOINT WORKER N_TRIALS|all
+    python _pg_worker.py CONFIG.yaml CHECKPOINT WORKER|auto N_TRIALS|all
         [--heartbeat INTERVAL,GRACE] [--hang-after K --hang-file PATH]
 
+``auto`` lets the worker take its identity from its first trial (as ``exitnas search`` does).
 ``--heartbeat`` shortens the storage's heartbeat (exitnas uses 5 s / 20 s) so a test need not
 wait long for a killed worker's trial to go stale. ``--hang-after K`` makes the (K+1)-th trial
 of this process store its parameters and attributes, write its number to PATH, and then
@@ -46,7 +47,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("config")
     p.add_argument("checkpoint")
-    p.add_argument("worker", type=int)
+    p.add_argument("worker")
     p.add_argument("n_trials")
     p.add_argument("--heartbeat")
     p.add_argument("--hang-after", type=int)
@@ -68,7 +69,8 @@ def main() -> None:
         _hang_after(a.hang_after, a.hang_file)
     cfg = load_config(a.config)
     n = None if a.n_trials == "all" else int(a.n_trials)
-    print(run_worker(cfg, a.checkpoint, worker=a.worker, n_trials=n), flush=True)
+    worker = None if a.worker == "auto" else int(a.worker)
+    print(run_worker(cfg, a.checkpoint, worker=worker, n_trials=n), flush=True)
 
 
 if __name__ == "__main__":

@@ -113,13 +113,13 @@ def worker_env() -> dict[str, str]:
 
 @pytest.fixture
 def worker_cmd(tmp_path: Path) -> Callable[..., list[str]]:
-    """``worker_cmd(cfg, worker, n_trials, *more)``: argv of ``_pg_worker.py`` for ``cfg``."""
+    """``worker_cmd(cfg, worker, n_trials, *more)``: argv of ``_pg_worker.py`` for ``cfg`` (worker None: auto)."""
 
-    def cmd(cfg: ExperimentConfig, worker: int, n_trials: int | None, *more: str) -> list[str]:
+    def cmd(cfg: ExperimentConfig, worker: int | None, n_trials: int | None, *more: str) -> list[str]:
         path = tmp_path / f"config-{cfg.search.study}.yaml"
         path.write_text(cfg.to_yaml())
-        return [sys.executable, str(HERE / "_pg_worker.py"), str(path), cfg.search.checkpoint or "", str(worker),
-                "all" if n_trials is None else str(n_trials), *more]
+        return [sys.executable, str(HERE / "_pg_worker.py"), str(path), cfg.search.checkpoint or "",
+                "auto" if worker is None else str(worker), "all" if n_trials is None else str(n_trials), *more]
 
     return cmd
 
@@ -139,6 +139,22 @@ def free_port() -> int:
 @pytest.fixture
 def unused_port() -> int:
     return free_port()
+
+
+def fresh_postgres_databases(url: str, n: int, tag: str) -> str:
+    """Create ``n`` empty databases ``<tag>_0…`` on the server of ``url``; returns a URL template (``{r}``)."""
+    import psycopg2
+
+    server, _, _ = url.rpartition("/")
+    conn = psycopg2.connect(url)
+    conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+    try:
+        with conn.cursor() as cur:
+            for r in range(n):
+                cur.execute(f"CREATE DATABASE {tag}_{r}")
+    finally:
+        conn.close()
+    return f"{server}/{tag}_{{r}}"
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------

@@ -95,3 +95,41 @@ def _resumed_pid(trials: list[optuna.trial.FrozenTrial], finished: dict[int, opt
     pids = {t.user_attrs["worker_pid"] for t in trials if t.state == TrialState.COMPLETE and t.number not in finished}
     assert len(pids) == 1
     return pids.pop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite", "journal"])
+def test_immediate_rerun_after_a_kill_leaves_no_running_trial(
+        kind: str, request: pytest.FixtureRequest, trained: Any, make_cfg: Callable[..., Any],
+        tmp_path: Path, worker_cmd: Callable[..., list[str]], env: dict[str, str]) -> None:
+    """No heartbeat grace to wait out: the rerun sees the killed worker's process is gone (issue 19)."""
+    url = {"postgresql": request.getfixturevalue("postgres") if kind == "postgresql" else "",
+           "sqlite": f"sqlite:///{tmp_path / 'study.db'}", "journal": f"journal:///{tmp_path / 'study.log'}"}[kind]
+    cfg = make_cfg(url, study=f"rerun-{kind}", trials=TARGET, sampler="random")
+    hang = tmp_path / "hung-trial"
+    # No study made beforehand and no identity given: as `exitnas search` would start.
+    proc = subprocess.Popen(worker_cmd(cfg, None, None, "--hang-after", str(BEFORE_KILL), "--hang-file", str(hang)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait_for(hang, proc, timeout=120)
+        killed = int(hang.read_text())
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    study = optuna.load_study(study_name=cfg.search.study, storage=open_storage(url, heartbeat=False))
+    hung = study.get_trials()[killed]
+    assert hung.state == TrialState.RUNNING and hung.params
+    resumed = subprocess.run(worker_cmd(cfg, None, None), capture_output=True, text=True, env=env, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    trials = study.get_trials()
+    assert Counter(t.state for t in trials) == {TrialState.COMPLETE: TARGET, TrialState.FAIL: 1}
+    assert trials[killed].state == TrialState.FAIL
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == killed)
+    assert retry.state == TrialState.COMPLETE and retry.params == hung.params
+    assert retry.system_attrs["retry_history"] == [killed]
+    # Each process drew from its own stream: its identity is its first trial's number.
+    assert trials[0].user_attrs["worker"] == 0 and retry.user_attrs["worker"] == killed + 1
