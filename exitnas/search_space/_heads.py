@@ -45,7 +45,7 @@ class LinearHead(ElasticHead):
         return nn.functional.linear(x.mean(dim=(2, 3)), self.fc.weight[:, :c], self.fc.bias)
 
     def to_static(self, c_in: int) -> nn.Module:
-        fc = nn.Linear(c_in, self.fc.out_features)
+        fc = nn.Linear(c_in, self.fc.out_features, device=self.fc.weight.device)
         fc.weight.data.copy_(self.fc.weight.data[:, :c_in])
         fc.bias.data.copy_(self.fc.bias.data)
         return nn.Sequential(_Pool(), fc)

@@ -96,14 +96,15 @@ class ElasticMultiScaleConv2d(nn.Module):
         w5, w3 = self.kernels(c_in, c_out, ratio)
         c5, c3 = split_channels(c_out, ratio)
         if self.theta is not None and c3:
-            g = GatedMultiScaleConv2d(c_in, c5, c3, self.stride)
+            g = GatedMultiScaleConv2d(c_in, c5, c3, self.stride).to(self.weight.device)
             with torch.no_grad():
                 if g.conv5 is not None and w5 is not None:
                     g.conv5.weight.copy_(w5)
                 g.weight.copy_(self.weight[c5:c_out, :c_in])
                 g.theta.copy_(self.theta[c5:c_out])
             return g
-        m = MultiScaleConv2d(c_in, c5, c3, self.stride)
+        # Built where the weights are: a static net lives on its supernet's device, every part of it.
+        m = MultiScaleConv2d(c_in, c5, c3, self.stride).to(self.weight.device)
         with torch.no_grad():
             if m.conv5 is not None and w5 is not None:
                 m.conv5.weight.copy_(w5)
@@ -128,7 +129,7 @@ class ElasticConv2d(nn.Module):
 
     def to_static(self, c_in: int, c_out: int) -> nn.Conv2d:
         k = self.weight.shape[-1]
-        m = nn.Conv2d(c_in, c_out, k, self.stride, self.padding, bias=self.bias is not None)
+        m = nn.Conv2d(c_in, c_out, k, self.stride, self.padding, bias=self.bias is not None, device=self.weight.device)
         with torch.no_grad():
             m.weight.copy_(self.weight[:c_out, :c_in])
             if self.bias is not None:
@@ -161,7 +162,7 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
         )
 
     def to_static(self, c: int) -> nn.BatchNorm2d:
-        m = nn.BatchNorm2d(c, eps=self.eps, momentum=self.momentum)
+        m = nn.BatchNorm2d(c, eps=self.eps, momentum=self.momentum, device=self.weight.device)
         with torch.no_grad():
             m.weight.copy_(self.weight[:c])
             m.bias.copy_(self.bias[:c])

@@ -302,6 +302,21 @@ def test_batched_early_exit_equals_per_sample(space: SearchSpace, kind: str) -> 
         assert where[i].item() == first
 
 
+@pytest.mark.parametrize("space_options", [{}, {"gate": "emg"}, {"heads": ("linear", "msdnet", "bof")},
+                                           {"combine": "ztw", "ensemble": "geometric"}])
+def test_a_supernet_on_another_device_makes_its_static_nets_there(space_options: dict) -> None:  # type: ignore[type-arg]
+    # A CPU-only guard for issue 14's cost-counting crash: on "meta" (a device that is not the
+    # CPU), a part built on the CPU fails to copy its weights or is left on the CPU.
+    opts = {"channels": (8, 16), "depths": (1, 2), "widths": (0.5, 1.0), "ratios": (0.0, 0.5, 1.0), **space_options}
+    space = build_space("msr-resnet", in_channels=3, num_classes=10, **opts)
+    net = Supernet(space).to("meta")
+    rng = random.Random(0)
+    for arch in [space.largest(), space.smallest()] + [space.with_random_exits(space.sample(rng), rng)
+                                                       for _ in range(4)]:
+        static = net.to_static(arch)
+        assert {t.device.type for t in (*static.parameters(), *static.buffers())} == {"meta"}
+
+
 @pytest.mark.gpu
 def test_static_net_lives_on_the_supernets_device(space: SearchSpace, archs: list[ArchConfig]) -> None:
     # Sliced modules are built fresh and deep-copied ones keep their device: every part of the
