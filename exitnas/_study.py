@@ -66,6 +66,7 @@ class WorkerSampler(BaseSampler):
         SAMPLERS.get(name)  # a bad name fails here, before a database is made
         self.name, self.study_seed, self.worker = name, seed, worker
         self._base = None if worker is None else make_sampler(name, self.seed)
+        self.current: int | None = None  # storage id of the trial this worker runs now
 
     @property
     def seed(self) -> int | None:
@@ -79,6 +80,7 @@ class WorkerSampler(BaseSampler):
         return self._base
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.current = trial._trial_id
         if self._base is None:
             self.worker = trial.number
             self._base = make_sampler(self.name, self.seed)

@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from exitnas import _storage
 from exitnas._config import ExperimentConfig
+from exitnas._errors import UserError
 from exitnas._objective import ArchObjective
 from exitnas._storage import open_storage
 from exitnas._study import completed, create_or_load_study
@@ -39,6 +40,9 @@ from exitnas.experiment import Experiment
 __all__ = ["fail_stale_trials", "retry_lost_trials", "retry_trial", "run_worker"]
 
 HOST = socket.gethostname()
+#: This many failed trials in a row stop a worker (one line naming the first error); fewer are
+#: recorded (state FAIL, the error in user attribute ``error``) and the search goes on.
+MAX_FAILS_IN_A_ROW = 5
 #: A lost trial is queued again at most this often (Optuna's heartbeat retries use the same).
 MAX_RETRY = 3
 
@@ -66,10 +70,12 @@ def run_worker(cfg: ExperimentConfig, checkpoint: str | Path, worker: int | None
     fail_stale_trials(study)
     if _taken(study) >= target:
         return 0
-    mine = [0]
+    mine, fails = [0], _Failures()
 
     def after(study: optuna.Study, trial: FrozenTrial) -> None:
         mine[0] += trial.state == TrialState.COMPLETE
+        if fails.seen(trial):
+            study.stop()
         fail_stale_trials(study)  # before the next trial, which may then pop the retry
         if trial.user_attrs.get("surplus") or _taken(study) >= target:
             study.stop()
@@ -81,11 +87,47 @@ def run_worker(cfg: ExperimentConfig, checkpoint: str | Path, worker: int | None
         callbacks.append(bar)
     gate = _Gate(objective, study.sampler, target, heartbeat=isinstance(study._storage, JournalStorage))
     # A trial's error: its full text in the trial's record (the log says one line, see _trial_errors).
-    study.optimize(recording_errors(gate), n_trials=n_trials, timeout=timeout, callbacks=callbacks,
-                   gc_after_trial=False)
+    # A failing trial is recorded, not fatal (catch); interrupts still stop at once.
+    try:
+        study.optimize(recording_errors(gate), n_trials=n_trials, timeout=timeout, callbacks=callbacks,
+                       gc_after_trial=False, catch=(Exception,))
+    except KeyboardInterrupt:
+        _fail_current(study)  # Ctrl-C outside the objective (Optuna's own steps) leaves none RUNNING
+        raise
     if bar is not None:
         bar.close()
+    fails.check()
     return mine[0]
+
+
+def _fail_current(study: optuna.Study) -> None:
+    """Mark FAIL the trial this worker's sampler last began, if it is still RUNNING."""
+    tid = getattr(study.sampler, "current", None)
+    if tid is not None and study._storage.get_trial(tid).state == TrialState.RUNNING:
+        study._storage.set_trial_state_values(tid, TrialState.FAIL)
+
+
+class _Failures:
+    """Counts this worker's failed trials in a row and keeps the first one's error."""
+
+    def __init__(self) -> None:
+        self.in_a_row, self.first = 0, ""
+
+    def seen(self, trial: FrozenTrial) -> bool:
+        """Record ``trial``; True when the worker should stop (too many failures in a row)."""
+        if trial.state != TrialState.FAIL:
+            self.in_a_row, self.first = 0, ""
+            return False
+        self.in_a_row += 1
+        if self.in_a_row == 1:
+            lines = str(trial.user_attrs.get("error", "")).strip().splitlines()
+            self.first = f"trial {trial.number}: {lines[-1] if lines else 'no error recorded'}"
+        return self.in_a_row >= MAX_FAILS_IN_A_ROW
+
+    def check(self) -> None:
+        if self.in_a_row >= MAX_FAILS_IN_A_ROW:
+            raise UserError(f"{self.in_a_row} trials in a row failed, the first with {self.first} "
+                            "(each trial's full error is in its user attribute 'error')")
 
 
 def _taken(study: optuna.Study) -> int:
