@@ -8,7 +8,15 @@ static steps are interleaved (ABBA order) so that drift in the machine's load hi
 Reports median and interquartile range per path and the ratio of medians (target ≤ 1.15),
 prints a table and writes it into ``benchmarks/RESULTS.md`` (only this benchmark's section).
 
-Usage: ``.venv/bin/python benchmarks/bench_supernet.py [--repeats 10] [--no-write]``
+With ``--device cuda`` (or ``--sandwich`` on a CPU) it measures the trainer's own sandwich
+step instead (see ``_train_speed``): images/s per batch size, GPU kernels busy, kernels and
+pageable copies per step, sandwich step over the same subnets as static nets (targets, issue
+14: kernels busy ≥ 70% at the default GPU batch, sandwich/static ≤ 1.3, ≥ 3× the 1,300–2,300
+images/s measured at batch 256 before), and with ``--equal-time S`` the validation accuracy of
+supernets trained S seconds at each batch size on CIFAR-10 (``--data-root``).
+
+Usage: ``.venv/bin/python benchmarks/bench_supernet.py [--repeats 10] [--no-write]``;
+``python3 benchmarks/bench_supernet.py --device cuda [--equal-time 90 --data-root PATH]``
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from exitnas.search_space import ArchConfig, SearchSpace, Supernet, build_space
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import environment, environment_line, loadavg, write_section  # noqa: E402
+from _train_speed_report import sandwich_main  # noqa: E402
 
 SECTION = "## bench_supernet: elastic overhead (CPU)"
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -173,7 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the random archs and of the weights")
     p.add_argument("--budget-s", type=float, default=25.0, help="timed seconds per arch (caps the pairs, min 5)")
     p.add_argument("--no-write", action="store_true", help=f"print only; do not update {RESULTS.name}")
+    p.add_argument("--device", default="cpu", help="cpu: elastic overhead per arch; cuda: the sandwich step")
+    p.add_argument("--sandwich", action="store_true", help="measure the sandwich step on this device")
+    p.add_argument("--batches", default=None, help="sandwich batch sizes, comma-separated "
+                   "(default 256,1024,2048 on a GPU, 32,64 on a CPU)")
+    p.add_argument("--equal-time", type=float, default=0.0, metavar="S",
+                   help="also train S seconds per batch size on CIFAR-10 and compare validation accuracy")
+    p.add_argument("--data-root", default=None, help="cifar10-jpeg tar or folder for --equal-time")
     args = p.parse_args(argv)
+    if args.sandwich or args.device != "cpu":
+        return sandwich_main(args)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

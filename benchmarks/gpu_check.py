@@ -145,30 +145,27 @@ def run_gpu_tests(r: Runner) -> None:
     print(f"{'PASS' if p.returncode == 0 else 'FAIL'} gpu-tests", flush=True)
 
 
-def training_speed(device: str, n: int = 8192) -> dict[str, float]:
-    """Images per second of supernet training at three batch sizes on the default space (32×32
-    random images standing in for CIFAR-10: the speed does not depend on the pixels)."""
-    import torch
+def training_speed(device: str, n: int = 8192) -> dict[str, dict[str, float]]:
+    """The sandwich step's speed figures (see ``_train_speed``) at three batch sizes, on ``n``
+    random 32×32 images standing in for CIFAR-10 (the speed does not depend on the pixels)."""
+    import tempfile
 
-    from exitnas._config import load_config
-    from exitnas.data import ImageSplits
-    from exitnas.training import train_supernet
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _train_speed import measure, random_splits
+    from _train_speed_report import _row
 
-    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
-    y = torch.randint(0, 10, (n,))
-    splits = ImageSplits("random", x, y, x[:512], y[:512], x[:512], y[:512], 10, (0.5,) * 3, (0.25,) * 3)
-    # Other processes' runs stay out of the timing; the first batch size also warms the device up.
-    out = {}
-    for batch in (256, 1024, 4096):
-        cfg = load_config(None, [f"train.batch_size={batch}", f"train.device={device}", "train.progress=false",
-                                 f"train.epochs={max(1, 12 * batch // n) }", f"train.out=/tmp/gpu_check_speed_{batch}",
-                                 "train.checkpoint_every=100000"])
+    splits, out = random_splits(n), {}
+    gpu = device == "cuda"
+    for batch in ((256, 1024, 2048) if gpu else (32,)):
         try:
-            out[str(batch)] = train_supernet(cfg, splits=splits).images_per_s
+            with tempfile.TemporaryDirectory() as tmp:
+                sp = measure(device, batch, splits, Path(tmp), steps=30 if gpu else 3, warmup=5 if gpu else 1,
+                             profiled=5 if gpu else 1, pairs=10 if gpu else 3)
         except Exception as e:  # noqa: BLE001 - a measurement that fails is reported, the checks are kept
             print(f"supernet training, batch {batch}: failed ({type(e).__name__}: {e})", flush=True)
             continue
-        print(f"supernet training, batch {batch}: {out[str(batch)]:.0f} images/s", flush=True)
+        out[str(batch)] = {**asdict(sp), "sandwich_over_static": sp.sandwich_over_static}
+        print("supernet training, " + _row(sp), flush=True)
     return out
 
 
@@ -193,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                "results": [asdict(c) for c in r.checks]}
     (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))  # kept if the speed runs are cut short
     if not a.skip_speed:
-        summary["training_images_per_s"] = training_speed(a.device, a.speed_images)
+        summary["training_speed"] = training_speed(a.device, a.speed_images)
         (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
     failed = [c.name for c in r.checks if not c.ok]
     print(f"{summary['passed']}/{len(r.checks)} checks passed in {summary['seconds']:.0f} s"

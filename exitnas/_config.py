@@ -175,6 +175,7 @@ class TrainConfig(_Checked):
     device: str = "auto"
     threads: int | None = field(default=None, metadata=within(">= 1"))
     checkpoint_every: int = field(default=500, metadata=within(">= 1"))
+    log_every: int = field(default=50, metadata=within(">= 1"))
     out: str = "runs/exp"
     progress: bool = True
 
@@ -260,6 +261,7 @@ FIELD_DOCS: dict[str, str] = {
     "train.device": "auto (the GPU if there is one) | cpu | cuda | cuda:N",
     "train.threads": "CPU threads (empty: the physical cores, or OMP_NUM_THREADS); --threads overrides",
     "train.checkpoint_every": "steps between checkpoints",
+    "train.log_every": "steps between loss readings (each waits for the GPU; the bar shows their mean)",
     "train.out": "folder for supernet.pt and config.yaml",
     "train.progress": "show a progress bar",
     "search.storage": "sqlite:///relative.db, sqlite:////absolute.db, journal:///FILE.log or postgresql://...",

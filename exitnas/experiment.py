@@ -181,7 +181,7 @@ class Experiment:
 
 
 #: ``train`` keys that say where and how a run goes, not what it learns: not part of the recipe.
-_RUN_KEYS = frozenset({"device", "threads", "out", "progress", "checkpoint_every"})
+_RUN_KEYS = frozenset({"device", "threads", "out", "progress", "checkpoint_every", "log_every"})
 
 
 def _with_training_recipe(config: dict[str, Any], trained_with: dict[str, Any]) -> dict[str, Any]:

@@ -24,14 +24,29 @@ def normalize(
 ) -> torch.Tensor:
     """Scale uint8 images to float32 ``(x / 255 - mean) / std``, on the images' device.
 
+    Computed as ``x * scale + shift`` with per-channel float32 constants: one multiply and one
+    add, each correctly rounded on every device, so a batch is bit-identical on CPU and GPU
+    (a division by a scalar is a multiply by its reciprocal on CUDA, and a division on the CPU).
+
     Args:
         x_uint8: Images N×C×H×W (or one image C×H×W), uint8.
         mean: Per-channel mean in [0, 1] units.
         std: Per-channel standard deviation in [0, 1] units.
     """
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x_uint8.device).reshape(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=x_uint8.device).reshape(-1, 1, 1)
-    return x_uint8.to(torch.float32).div_(255.0).sub_(m).div_(s)
+    return _affine(x_uint8, *_scale_shift(mean, std, x_uint8.device))
+
+
+def _scale_shift(mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``1 / (255 std)`` and ``-mean / std`` (C×1×1 float32 on ``device``)."""
+    m = torch.as_tensor(mean, dtype=torch.float64).cpu().reshape(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float64).cpu().reshape(-1, 1, 1)
+    scale, shift = (1.0 / (255.0 * s)).float(), (-m / s).float()
+    return scale.to(device), shift.to(device)
+
+
+def _affine(x_uint8: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    return x_uint8.to(torch.float32).mul_(scale).add_(shift)
 
 
 def _seed_of(*words: int) -> int:
@@ -44,18 +59,29 @@ def _seed_of(*words: int) -> int:
 _PERM, _AUG = 0, 1
 
 
+def _draw_crop_flip(n: int, gen: torch.Generator, pad: int, flip: bool) -> torch.Tensor:
+    """A batch's random numbers, 3×N int64 on the CPU: row offsets, column offsets, mirror (0/1)."""
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen) if pad > 0 else torch.zeros(n, dtype=torch.int64)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen) if pad > 0 else torch.zeros(n, dtype=torch.int64)
+    mirror = (torch.rand(n, generator=gen) < 0.5).long() if flip else torch.zeros(n, dtype=torch.int64)
+    return torch.stack([dy, dx, mirror])
+
+
 def _crop_flip_batch(
     x: torch.Tensor, gen: torch.Generator, pad: int, flip: bool
 ) -> torch.Tensor:
     """Random crop with zero padding and random horizontal flip of a batch N×C×H×W.
 
-    Random numbers come from the CPU generator ``gen`` and are moved to ``x``'s device,
-    so a batch is the same on CPU and GPU.
+    Random numbers come from the CPU generator ``gen``, so a batch is the same on CPU and GPU.
     """
+    return _apply_crop_flip(x, _draw_crop_flip(x.shape[0], gen, pad, flip).to(x.device), pad, flip)
+
+
+def _apply_crop_flip(x: torch.Tensor, rand: torch.Tensor, pad: int, flip: bool) -> torch.Tensor:
+    """Crop and flip ``x`` (N×C×H×W) as ``rand`` (3×N, on ``x``'s device, see _draw_crop_flip) says."""
     n, c, h, w = x.shape
     if pad > 0:
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+        dy, dx = rand[0], rand[1]
         padded = F.pad(x, (pad, pad, pad, pad))
         # One gather for the whole batch: image i reads rows dy[i]..dy[i]+h-1 and columns
         # dx[i]..dx[i]+w-1 of its padded copy.
@@ -65,8 +91,7 @@ def _crop_flip_batch(
         chan = torch.arange(c, device=x.device)[None, :, None, None]
         x = padded[batch, chan, rows, cols]
     if flip:
-        mirror = (torch.rand(n, generator=gen) < 0.5).to(x.device)
-        x = torch.where(mirror[:, None, None, None], x.flip(3), x)
+        x = torch.where(rand[2].bool()[:, None, None, None], x.flip(3), x)
     return x
 
 
@@ -118,6 +143,7 @@ class GpuBatchLoader:
         self.y = y.to(self.device, torch.int64)
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
+        self._scale, self._shift = _scale_shift(self.mean, self.std, self.device)  # on the device once
         self.batch_size = batch_size
         self.augment, self.pad, self.flip = augment, pad, flip
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
@@ -142,16 +168,33 @@ class GpuBatchLoader:
         n = self.x.shape[0]
         if self.shuffle:
             gen = torch.Generator().manual_seed(_seed_of(self.seed, epoch, _PERM))
-            order = torch.randperm(n, generator=gen).to(self.device)
+            order = _to_device(torch.randperm(n, generator=gen), self.device)
         else:
             order = torch.arange(n, device=self.device)
+        if self.augment:  # the epoch's random numbers, drawn per batch, copied to the device at once
+            rand = _to_device(self._draw(epoch, start_batch, n), self.device)
         for b in range(start_batch, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             xb = self.x[idx]
             if self.augment:
-                gen = torch.Generator().manual_seed(_seed_of(self.seed, epoch, _AUG, b))
-                xb = _crop_flip_batch(xb, gen, self.pad, self.flip)
-            yield normalize(xb, self.mean, self.std), self.y[idx]
+                at = (b - start_batch) * self.batch_size
+                xb = _apply_crop_flip(xb, rand[:, at : at + len(idx)], self.pad, self.flip)
+            yield _affine(xb, self._scale, self._shift), self.y[idx]
+
+    def _draw(self, epoch: int, start_batch: int, n: int) -> torch.Tensor:
+        """Random numbers of batches ``start_batch``… of ``epoch`` side by side (3×images): each
+        batch's from its own seed, so a resumed epoch draws what the whole epoch would."""
+        parts = [torch.zeros(3, 0, dtype=torch.int64)]
+        for b in range(start_batch, len(self)):
+            size = min(self.batch_size, n - b * self.batch_size)
+            gen = torch.Generator().manual_seed(_seed_of(self.seed, epoch, _AUG, b))
+            parts.append(_draw_crop_flip(size, gen, self.pad, self.flip))
+        return torch.cat(parts, dim=1)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` (on the CPU) on ``device``: through pinned memory without waiting, for a GPU."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 
 class _AugmentedImages(Dataset):

@@ -98,7 +98,7 @@ def check_space(state: dict[str, Any], space: SearchSpace, path: str | Path) -> 
 
 
 #: Settings that do not change what training computes: a resumed run may change them.
-_NOT_RECIPE = {"train": {"out", "progress", "checkpoint_every", "device"}, "data": {"root", "cache_dir"}}
+_NOT_RECIPE = {"train": {"out", "progress", "checkpoint_every", "log_every", "device"}, "data": {"root", "cache_dir"}}
 
 
 def check_recipe(state: dict[str, Any], config: dict[str, Any], path: str | Path) -> None:

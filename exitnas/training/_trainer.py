@@ -188,6 +188,8 @@ class _Run:
         model = Supernet(space).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
+            # A subnet's conv shapes recur (a few widths and ratios per block): autotune each once.
+            torch.backends.cudnn.benchmark = True
         opt = make_optimizer(model, tc, tc.lr)
         if tc.batch_size % info.world:
             raise UserError(f"train.batch_size {tc.batch_size} does not split over {info.world} processes")
@@ -212,7 +214,10 @@ class _Run:
             raise UserError(f"checkpoint {self.ckpt_path} has no {missing[0]!r} state to resume from; "
                             "train anew with --force")
         load_weights(self.model, state, self.ckpt_path)
+        kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in self.opt.param_groups]
         self.opt.load_state_dict(state["optimizer"])
+        for group, mine in zip(self.opt.param_groups, kernels):  # a GPU run's fused update stays on the GPU
+            group.update(mine)
         self.sched.load_state_dict(state["scheduler"])
         # RNG states are CPU byte tensors whatever map_location moved them to.
         torch.set_rng_state(state["rng"]["torch"].cpu())
@@ -225,40 +230,51 @@ class _Run:
         save_checkpoint(self.ckpt_path, {**state, "classes": list(self.classes)})
 
     def loop(self, step: int, end: int) -> TrainResult:
-        """Train from ``step`` to ``end``, with a progress bar and checkpoints."""
+        """Train from ``step`` to ``end``, with a progress bar and checkpoints.
+
+        The loss stays on the device and is read (a host synchronisation) only every
+        ``train.log_every`` steps and at a checkpoint, so the host runs ahead of the GPU.
+        """
         tc, info, spe = self.cfg.train, self.info, len(self.loader)
         bar = tqdm(total=end, initial=step, desc="train supernet", unit="step",
                    disable=not (tc.progress and info.is_main), dynamic_ncols=True)
         self.model.train()
-        last_loss, seen, t0 = float("nan"), 0, time.perf_counter()
+        loss_sum, since, last_loss = torch.zeros((), device=self.device), 0, float("nan")
+        seen, t0 = 0, time.perf_counter()
         while step < end:
             epoch, start = divmod(step, spe)
             for x, y in self.loader.epoch(epoch, start_batch=start):
                 if info.world > 1:
                     x, y = x[info.rank :: info.world], y[info.rank :: info.world]
-                last_loss = self.step(x, y, step)
-                step += 1
-                seen += len(y) * info.world
+                loss_sum += self.step(x, y, step)
+                step, since, seen = step + 1, since + 1, seen + len(y) * info.world
+                saving = info.is_main and (step % tc.checkpoint_every == 0 or step == end)
+                if since >= tc.log_every or saving or step >= end:
+                    last_loss, since = float(loss_sum) / since, 0
+                    loss_sum.zero_()
+                    bar.set_postfix(loss=f"{last_loss:.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
                 bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-                if info.is_main and (step % tc.checkpoint_every == 0 or step == end):
+                if saving:
                     self.save(step)
                 if step >= end:
                     break
         bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # images/s counts finished work, not queued work
         ips = seen / max(1e-9, time.perf_counter() - t0)
         if info.is_main and not self.ckpt_path.exists():
             self.save(step)
         return TrainResult(self.ckpt_path, step, ips, last_loss)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
-        """One sandwich step: largest, smallest and random subnets, gradients summed; the mean loss."""
+    def step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        """One sandwich step: largest, smallest and random subnets, gradients summed; the mean
+        loss, a 0-d tensor on the device (reading it would wait for the GPU)."""
         tc, model = self.cfg.train, self.model
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         amp = torch.autocast("cuda", torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
         self.opt.zero_grad(set_to_none=True)
-        teacher, step_loss = None, 0.0
+        teacher, losses = None, []
         for i, arch in enumerate(sandwich_archs(self.space, tc.sandwich_random, tc.seed, step, tc.exit_sets)):
             with amp:
                 gate_use: list[tuple[torch.Tensor, float]] = []
@@ -269,22 +285,24 @@ class _Run:
             loss.backward()
             if i == 0:
                 teacher = logits[-1].detach()
-            step_loss += float(loss.detach())
+            losses.append(loss.detach())
         average_gradients(model, self.info)
         average_buffers(model, self.info)
         self.opt.step()
         self.sched.step()
-        return step_loss / (2 + tc.sandwich_random)
+        return torch.stack(losses).float().mean()
 
 
 def make_optimizer(model: nn.Module, tc: TrainConfig, lr: float) -> torch.optim.SGD:
     """SGD with Nesterov momentum; weight decay on conv and linear weights only, not on BN
-    scales and biases."""
+    scales and biases. On a GPU the fused kernel updates every parameter in a few launches
+    (the supernet has ~200 parameters: a per-parameter update is ~1,000 launches a step)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    on_cuda = all(p.is_cuda for p in model.parameters())
     return torch.optim.SGD([{"params": decay, "weight_decay": tc.weight_decay},
                             {"params": no_decay, "weight_decay": 0.0}],
-                           lr=lr, momentum=tc.momentum, nesterov=True)
+                           lr=lr, momentum=tc.momentum, nesterov=True, fused=True if on_cuda else None)
 
 
 def train_loader(tc: TrainConfig, splits: ImageSplits, device: torch.device, seed: int) -> GpuBatchLoader:

@@ -46,9 +46,17 @@ def test_normalize_values_dtype_and_shapes() -> None:
     x = torch.tensor([0, 51, 255], dtype=torch.uint8).reshape(1, 3, 1, 1).repeat(2, 1, 2, 2)
     out = normalize(x, (0.0, 0.2, 0.5), (1.0, 0.5, 0.25))
     assert out.dtype == torch.float32 and out.shape == x.shape and out.device == x.device
-    assert out[0, :, 0, 0].tolist() == pytest.approx([0.0, 0.0, 2.0])
+    assert out[0, :, 0, 0].tolist() == pytest.approx([0.0, 0.0, 2.0], abs=1e-6)  # float32 rounding
     assert torch.equal(normalize(x[0], (0.0, 0.2, 0.5), (1.0, 0.5, 0.25)), out[0])  # one C×H×W image
     assert x.dtype == torch.uint8  # input untouched
+
+
+def test_normalize_is_the_exact_formula_within_float32_rounding() -> None:
+    x = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16).repeat(1, 3, 1, 1)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    exact = (x.double() / 255 - torch.tensor(mean, dtype=torch.float64).reshape(-1, 1, 1)) \
+        / torch.tensor(std, dtype=torch.float64).reshape(-1, 1, 1)
+    assert (normalize(x, mean, std).double() - exact).abs().max() < 1e-6
 
 
 # ---------------------------------------------------------------------------------- GpuBatchLoader

@@ -12,6 +12,10 @@ from exitnas.runtime import GraphedEarlyExit
 from exitnas.search_space import ArchConfig, Supernet, build_space
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
+# On a GPU the reference runs 48 images at once and the runtime one at a time: other cuDNN
+# algorithms, in TF32 by default (10-bit mantissa). An H200 run differed by 1.3e-4 with every
+# exit the same; a wrong step or buffer differs by whole units.
+TOL_CUDA = {"atol": 2e-3, "rtol": 2e-3}
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
 
 
@@ -49,7 +53,7 @@ def _reference(net, x: torch.Tensor, mid_gap):  # type: ignore[no-untyped-def]
 def _check(runtime: GraphedEarlyExit, x: torch.Tensor, logits: torch.Tensor, exits: torch.Tensor) -> None:
     got = [runtime(x[i : i + 1]) for i in range(len(x))]
     assert [k for _, k in got] == exits.tolist()
-    torch.testing.assert_close(torch.cat([z for z, _ in got]), logits, **TOL)
+    torch.testing.assert_close(torch.cat([z for z, _ in got]), logits, **(TOL_CUDA if x.is_cuda else TOL))
 
 
 def test_steps_through_static_buffers_like_the_plain_early_exit(mid_gap) -> None:  # type: ignore[no-untyped-def]
