@@ -71,7 +71,7 @@ class ArchObjective:
         acc, mmacs = float(res.accuracy[0]), float(res.expected_cost[0]) / 1e6
         cost = mmacs
         if self.latency is not None:
-            exit_ms = self.latency.exit_latency(self.space, arch)
+            exit_ms = self.latency.exit_latency(self.space, arch, cand.policy)
             cost = float(candidate_result(cand, cache, np.asarray(exit_ms)).expected_cost[0])
             trial.set_user_attr("exit_ms", exit_ms)
             trial.set_user_attr("expected_MMACs", mmacs)

@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from exitnas._errors import ExitnasWarning, UserError
-from exitnas.runtime import Normalise, channels_last, deploy, deploy_early_exit
+from exitnas.runtime import DEPLOYED_POLICIES, FEATURES, Normalise, channels_last, deploy, deploy_early_exit
 from exitnas.search_space import ArchConfig, GeometricEnsemble, SearchSpace, StaticNet, Supernet
 
 __all__ = ["LUT_FORMAT", "NOISE_WARN", "RUNTIME", "LatencyTable", "measure_noise", "profile_space", "time_call",
@@ -103,15 +103,17 @@ class LatencyTable:
         except KeyError:
             raise UserError(f"latency table has no entry {key!r}; profile this search space again") from None
 
-    def exit_latency(self, space: SearchSpace, arch: ArchConfig) -> list[float]:
+    def exit_latency(self, space: SearchSpace, arch: ArchConfig, policy: str = "threshold") -> list[float]:
         """Ms of leaving at each exit: the early-exit loop's own cost (of reaching the final
-        exit, or of leaving before it), one decision per exit passed, and stem + blocks + heads
-        so far (times the in-context factor)."""
+        exit, or of leaving before it), one decision per exit passed (the exit ``policy``'s:
+        ``decision|<policy>`` where it is not ``threshold``), and stem + blocks + heads so far
+        (times the in-context factor)."""
         _check_static(space)
         if not space.matches(self.space):
             raise UserError("latency table was measured for another search space; run exitnas profile for this one")
         modules = self._module_latency(space, arch)
-        final, leave, decision = self.ms("early_exit"), self.ms("leave"), self.ms("decision")
+        final, leave = self.ms("early_exit"), self.ms("leave")
+        decision = self.ms("decision" if policy == "threshold" else f"decision|{policy}")
         last = len(modules) - 1
         return [self.context_factor * m + (final if k == last else leave) + decision * k
                 for k, m in enumerate(modules)]
@@ -323,9 +325,25 @@ def _time_early_exit(space: SearchSpace, device: torch.device, warmup: int, repe
         model = deploy_early_exit(_identity_net(space, n).to(device), [threshold] * (n - 1))
         times.append(time_call(lambda: model(logits), device, warmup, repeats, inner))
     one, leave, many = times
-    decision = {key: max(many[key] - one[key], 0.0) / (k - 1) for key in ("median_ms", "mean_ms")}
-    return {"early_exit": one, "leave": leave,
-            "decision": {**decision, "iqr_ms": many["iqr_ms"] / (k - 1), "count": many["count"]}}
+    out = {"early_exit": one, "leave": leave, "decision": _per_decision(many, one, k)}
+    for policy in DEPLOYED_POLICIES[1:]:  # each exit policy's own decision, the same way
+        model = deploy_early_exit(_identity_net(space, k).to(device), [2.0] * (k - 1), policy=policy,
+                                  params=_timing_params(k))
+        out[f"decision|{policy}"] = _per_decision(time_call(lambda: model(logits), device, warmup, repeats, inner),
+                                                  one, k)
+    return out
+
+
+def _per_decision(many: dict[str, float], one: dict[str, float], k: int) -> dict[str, float]:
+    """The time of one decision: ``k`` exits that nobody leaves, less the one-exit run, over ``k - 1``."""
+    per = {key: max(many[key] - one[key], 0.0) / (k - 1) for key in ("median_ms", "mean_ms")}
+    return {**per, "iqr_ms": many["iqr_ms"] / (k - 1), "count": many["count"]}
+
+
+def _timing_params(k: int) -> dict[str, list]:
+    """Fitted-state stand-ins of every policy for ``k`` exits: timing does not depend on the values."""
+    model = [0.0] * FEATURES + [1.0] * FEATURES + [0.0] * (FEATURES + 1)
+    return {"temperatures": [1.0] * k, "models": [model] * (k - 1)}
 
 
 def _identity_net(space: SearchSpace, n: int) -> StaticNet:

@@ -28,8 +28,8 @@ from exitnas.evaluators._policy import ExitPolicy, PolicyResult
 from exitnas.evaluators._protocols import DEFAULT_P_SWEEP, CurvePoint, fit_budgeted_thresholds
 from exitnas.search_space import Candidate
 
-__all__ = ["POLICIES", "FittedPolicy", "Policy", "agreement_runs", "candidate_result", "exit_features", "fit_policy",
-           "fit_searched", "leave_targets", "softmax"]
+__all__ = ["POLICIES", "FittedPolicy", "Policy", "agreement_runs", "candidate_result", "decide", "decision_macs",
+           "exit_features", "fit_policy", "fit_searched", "leave_targets", "softmax"]
 
 #: Global thresholds (one value for every exit) a score policy offers besides the budgeted-batch
 #: fits: these val quantiles of its scores.
@@ -97,6 +97,7 @@ class Policy(ABC):
         scored = _with_scores(val, val_scores)
         bb = np.stack([fit_budgeted_thresholds(scored, p) for p in DEFAULT_P_SWEEP])
         glob = np.quantile(val_scores, GLOBAL_QUANTILES) if val_scores.size else np.ones(1)
+        glob[0] = 0.0  # every image leaves at exit 0, whatever scores the policy gives later
         thr = np.concatenate([bb, np.repeat(glob[:, None], val.num_exits - 1, axis=1)])
         params = [{"p": float(p)} for p in DEFAULT_P_SWEEP] + [{"tau": float(t)} for t in glob]
         return np.clip(thr, 0.0, 1.0), params
@@ -273,8 +274,9 @@ class DeciderPolicy(Policy):
         self._oof: np.ndarray | None = None
 
     def decision_macs(self, num_classes: int) -> int:
-        f = 9
-        return num_classes + 2 * f  # entropy (one multiply-add per class), standardise, dot product
+        f = 9  # exit_features
+        # entropy (p·log p per class, and the log), standardise and dot product, the bias
+        return 2 * num_classes + 3 * f + 1
 
     def fit(self, val: ExitCache) -> None:
         x, y = exit_features(val)[:-1], leave_targets(val).astype(np.float64)
@@ -315,10 +317,19 @@ class DeciderPolicy(Policy):
 
 
 # -- fitting and measuring --------------------------------------------------------------------
-def _with_scores(cache: ExitCache, scores: np.ndarray) -> ExitCache:
-    """``cache`` whose non-final confidences are ``scores`` (the final row only pads)."""
+def decision_macs(policy: Policy, cache: ExitCache) -> np.ndarray:
+    """K cumulative MACs of the policy's own decisions up to each exit: one per exit passed
+    (the final exit decides nothing)."""
+    per = policy.decision_macs(_logits(cache).shape[-1]) if cache.num_exits > 1 else 0
+    return per * np.minimum(np.arange(1, cache.num_exits + 1), cache.num_exits - 1).astype(np.float64)
+
+
+def _with_scores(cache: ExitCache, scores: np.ndarray, policy: Policy | None = None) -> ExitCache:
+    """``cache`` whose non-final confidences are ``scores`` (the final row only pads) and whose
+    MACs include ``policy``'s decisions (:func:`decision_macs`)."""
     conf = np.concatenate([scores, np.ones((1, cache.num_samples))]).astype(np.float64)
-    return dataclasses.replace(cache, confidence=conf)
+    macs = cache.macs if policy is None else cache.macs + decision_macs(policy, cache)
+    return dataclasses.replace(cache, confidence=conf, macs=macs)
 
 
 @dataclass(frozen=True)
@@ -341,7 +352,7 @@ class FittedPolicy:
 
     def apply(self, cache: ExitCache, costs: np.ndarray | None = None) -> PolicyResult:
         """Every setting on another cache of the same arch (test): nothing is refit."""
-        return ExitPolicy(_with_scores(cache, self.policy.scores(cache)), costs).evaluate(self.thresholds)
+        return ExitPolicy(_with_scores(cache, self.policy.scores(cache), self.policy), costs).evaluate(self.thresholds)
 
     def choose(self, budget: float) -> int | None:
         """The setting most accurate on val whose val expected cost is within ``budget`` (the
@@ -376,7 +387,7 @@ def fit_policy(name: str, val: ExitCache, costs: np.ndarray | None = None) -> Fi
     policy.fit(val)
     scores = policy.val_scores(val)
     thresholds, params = policy.settings(val, scores)
-    res = ExitPolicy(_with_scores(val, scores), costs).evaluate(thresholds)
+    res = ExitPolicy(_with_scores(val, scores, policy), costs).evaluate(thresholds)
     return FittedPolicy(name, policy, thresholds, tuple(params), res)
 
 
@@ -389,12 +400,19 @@ def fit_searched(name: str, values: np.ndarray, val: ExitCache) -> tuple[np.ndar
     return thresholds, {**policy.state(), **searched}
 
 
+def decide(cache: ExitCache, thresholds: np.ndarray | list[float] | tuple[float, ...], policy: str = "threshold",
+           params: dict[str, Any] | None = None, costs: np.ndarray | None = None) -> PolicyResult:
+    """Accuracy, expected cost and histogram of one exit decision on ``cache``: ``thresholds``
+    on confidence (``threshold`` policy) or on ``policy``'s score with the state it was fit to
+    on val (``params``, as a candidate keeps them): nothing is refit. The policy's own MACs
+    (:func:`decision_macs`) are counted in the cache's MACs, not in ``costs`` (e.g. latencies)."""
+    t = np.asarray(thresholds, dtype=np.float64)
+    if policy == "threshold":
+        return ExitPolicy(cache, costs).evaluate(t)
+    fitted = POLICIES.get(policy)().load(params or {})
+    return ExitPolicy(_with_scores(cache, fitted.scores(cache), fitted), costs).evaluate(t)
+
+
 def candidate_result(cand: Candidate, cache: ExitCache, costs: np.ndarray | None = None) -> PolicyResult:
-    """Accuracy, expected cost and histogram of a candidate's exit decisions on ``cache``: its
-    thresholds on confidence (``threshold`` policy) or on its policy's score, with the state
-    its policy was fit to on val (``cand.params``): nothing is refit."""
-    thresholds = np.asarray(cand.thresholds, dtype=np.float64)
-    if cand.policy == "threshold":
-        return ExitPolicy(cache, costs).evaluate(thresholds)
-    policy = POLICIES.get(cand.policy)().load(cand.params)
-    return ExitPolicy(_with_scores(cache, policy.scores(cache)), costs).evaluate(thresholds)
+    """:func:`decide` with a candidate's thresholds, policy and fitted state."""
+    return decide(cache, cand.thresholds, cand.policy, cand.params, costs)

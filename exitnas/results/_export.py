@@ -18,7 +18,7 @@ from exitnas._errors import UserError
 from exitnas._io import atomic_write, check_output_dir
 from exitnas.experiment import Experiment
 from exitnas.results._export_eval import split_metrics
-from exitnas.runtime import EXPORT_FORMAT, AllExits, EarlyExitModel, deploy_model, sha256_file
+from exitnas.runtime import EXPORT_FORMAT, POLICY_EXPORT_FORMAT, AllExits, EarlyExitModel, deploy_model, sha256_file
 from exitnas.search_space import ArchConfig, Candidate, StaticNet
 
 __all__ = ["EXPORT_FILES", "ExportResult", "check_export_out", "export_trial", "library_versions", "load_trial",
@@ -76,11 +76,6 @@ def export_trial(storage: str, study_name: str, number: int | None, out: str | P
     check_export_out(out, force)
     exp = Experiment.from_study(study.user_attrs, study_name, checkpoint, device=device)
     cand = trial_candidate(load_front(storage, study_name), trial.number, exp.evaluator)
-    if cand.policy != "threshold":
-        # The deployed runtime compares confidences with thresholds; another policy would ship
-        # a model that leaves elsewhere than the search measured.
-        raise UserError(f"trial {trial.number} decides its exits by the {cand.policy!r} policy, which the exported "
-                        "runtime cannot run yet; export a trial of a threshold, share or bof study")
     net = exp.evaluator.subnet(cand.arch)
     exit_ms = trial.user_attrs.get("exit_ms")  # a latency search's ms of leaving at each exit
     meta = {**cand.to_dict(), "classes": list(exp.splits.classes), "space": exp.space.to_dict(),
@@ -107,7 +102,8 @@ def export_metrics(exp: Experiment, cand: Candidate, exit_ms: list[float] | None
     """Accuracy, expected MMACs (and ms, after a latency search), exit histogram and per-exit
     accuracy of the candidate on val and test."""
     caches = exp.evaluator.caches(cand.arch, ("val", "test"))
-    return {split: split_metrics(cache, cand.thresholds, exit_ms) for split, cache in caches.items()}
+    return {split: split_metrics(cache, cand.thresholds, exit_ms, cand.policy, cand.params)
+            for split, cache in caches.items()}
 
 
 #: The files an export folder holds (``arch.json`` names the others and is written last).
@@ -139,7 +135,9 @@ def write_export(out: str | Path, net: StaticNet, meta: dict[str, Any], mean: li
     # a folder without arch.json (incomplete, and seen to be), never an old arch.json beside new files.
     for name in EXPORT_FILES:
         (d / name).unlink(missing_ok=True)
-    model = EarlyExitModel(net, thresholds, mean, std, meta.get("confidence", "maxprob")).eval()
+    policy = meta.get("policy", "threshold")
+    model = EarlyExitModel(net, thresholds, mean, std, meta.get("confidence", "maxprob"), policy,
+                           meta.get("params")).eval()
     weights = d / "weights.safetensors"
     state_dict = {k: v.contiguous() for k, v in net.state_dict().items()}
     atomic_write(weights, lambda p: save_file(state_dict, p))
@@ -162,10 +160,11 @@ def write_export(out: str | Path, net: StaticNet, meta: dict[str, Any], mean: li
     }
     if onnx_path is not None:
         files["onnx"] = {"name": onnx_path.name, "sha256": sha256_file(onnx_path),
-                         "outputs": "logits of every exit (apply the thresholds outside)"}
+                         "outputs": "logits of every exit (apply the thresholds outside" +
+                                    ("" if policy == "threshold" else f", to the {policy} policy's scores") + ")"}
     full = {
-        "format": EXPORT_FORMAT,
-        **meta,
+        "format": EXPORT_FORMAT if policy == "threshold" else POLICY_EXPORT_FORMAT,
+        **{k: v for k, v in meta.items() if k != "format"},
         "input": {"shape": list(input_shape), "range": "[0, 1] floats (uint8 / 255)"},
         "mean": mean,
         "std": std,

@@ -8,7 +8,7 @@ those caches. ``exitnas retrain`` and the headline benchmark both call :func:`ev
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,12 +23,14 @@ from exitnas.evaluators import (
     anytime,
     budgeted_batch,
     build_exit_cache,
+    decide,
     fit_budgeted_thresholds,
+    fit_policy,
     oracle,
 )
 from exitnas.search_space import ArchConfig, StaticNet
 
-__all__ = ["ExportCurves", "ExportEvaluation", "evaluate_export", "refit_thresholds", "split_metrics"]
+__all__ = ["ExportCurves", "ExportEvaluation", "evaluate_export", "refit_policy", "refit_thresholds", "split_metrics"]
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,13 @@ class ExportEvaluation:
         thresholds: The thresholds the metrics use (given, or refit to a budget on ``val``).
         metrics: Split name → ``accuracy``, ``expected_mmacs``, ``exit_histogram`` and
             ``exit_accuracy`` at those thresholds (the ``metrics`` of ``arch.json``).
+        params: The exit policy's fitted state (as given, or refit on ``val`` with the thresholds).
     """
 
     caches: dict[str, ExitCache]
     thresholds: tuple[float, ...]
     metrics: dict[str, dict[str, Any]]
+    params: dict[str, Any] = field(default_factory=dict)
 
     def curves(self, split: str = "test", fit_on: str = "val") -> ExportCurves:
         """Budgeted batch (fit on ``fit_on``), anytime and oracle on ``split``."""
@@ -73,15 +77,16 @@ class ExportEvaluation:
 
 
 def split_metrics(cache: ExitCache, thresholds: Sequence[float] | np.ndarray,
-                  exit_ms: Sequence[float] | None = None) -> dict[str, Any]:
-    """One split's metrics at ``thresholds``, as ``arch.json`` records them: expected MMACs, and
+                  exit_ms: Sequence[float] | None = None, policy: str = "threshold",
+                  params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One split's metrics at ``thresholds`` (on ``policy``'s scores with its fitted ``params``),
+    as ``arch.json`` records them: expected MMACs (the policy's decisions included), and
     expected ms too when the ms of leaving at each exit are given (after a latency search)."""
-    t = np.asarray(thresholds, dtype=np.float64)
-    r = ExitPolicy(cache).evaluate(t)
+    r = decide(cache, thresholds, policy, params)
     out = {"accuracy": float(r.accuracy[0]), "expected_mmacs": float(r.expected_cost[0]) / 1e6,
            "exit_histogram": r.histogram[0].tolist(), "exit_accuracy": [float(a) for a in cache.exit_accuracy()]}
     if exit_ms is not None:
-        out["expected_ms"] = float(ExitPolicy(cache, exit_ms).evaluate(t).expected_cost[0])
+        out["expected_ms"] = float(decide(cache, thresholds, policy, params, np.asarray(exit_ms)).expected_cost[0])
     return out
 
 
@@ -113,7 +118,8 @@ def evaluate_export(net: StaticNet, arch: ArchConfig, splits: ImageSplits, macs:
                     thresholds: Sequence[float] | None = None, budget_macs: float | None = None,
                     budget_ms: float | None = None, exit_ms: Sequence[float] | None = None,
                     kind: str = "maxprob", device: torch.device | str = "cpu", seed: int = 0,
-                    on: Sequence[str] = ("val", "test")) -> ExportEvaluation:
+                    on: Sequence[str] = ("val", "test"), policy: str = "threshold",
+                    params: dict[str, Any] | None = None) -> ExportEvaluation:
     """Exit caches of ``net`` on the splits ``on``, its thresholds, and their metrics.
 
     Give exactly one of ``thresholds`` (used as they are, e.g. an export's own),
@@ -134,6 +140,9 @@ def evaluate_export(net: StaticNet, arch: ArchConfig, splits: ImageSplits, macs:
         device: Where the passes run.
         seed: Seed of the refit's random candidates.
         on: Splits to measure (``val`` must be among them to refit).
+        policy: The exit policy the thresholds apply to (``evaluators.POLICIES``); another than
+            ``threshold`` is refit on ``val`` with them (:func:`refit_policy`).
+        params: The policy's fitted state, with given ``thresholds``.
 
     Returns:
         The caches, the thresholds and each split's metrics.
@@ -150,11 +159,34 @@ def evaluate_export(net: StaticNet, arch: ArchConfig, splits: ImageSplits, macs:
         raise ValueError("refitting thresholds to a budget needs the val split")
     caches = {s: build_exit_cache(net, arch, getattr(splits, f"{s}_x"), getattr(splits, f"{s}_y"), splits.mean,
                                   splits.std, macs, kind, device=device) for s in on}
-    if budget_macs is not None:
-        chosen = refit_thresholds(caches["val"], budget_macs, seed=seed)
-    elif budget_ms is not None:
-        chosen = refit_thresholds(caches["val"], budget_ms, seed=seed, costs=exit_ms)
-    else:
+    params = dict(params or {})
+    budget, costs = (budget_macs, None) if budget_ms is None else (budget_ms, exit_ms)
+    if thresholds is not None:
         chosen = np.asarray(thresholds, dtype=np.float64)
+    elif policy != "threshold":
+        chosen, params = refit_policy(caches["val"], policy, float(budget), costs)
+    else:
+        chosen = refit_thresholds(caches["val"], float(budget), seed=seed, costs=costs)
     return ExportEvaluation(caches, tuple(float(t) for t in chosen),
-                            {s: split_metrics(c, chosen, exit_ms) for s, c in caches.items()})
+                            {s: split_metrics(c, chosen, exit_ms, policy, params) for s, c in caches.items()}, params)
+
+
+def refit_policy(val: ExitCache, policy: str, budget: float,
+                 costs: Sequence[float] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Exit policy ``policy`` fit on ``val`` (``evaluators.fit_policy``), and its setting most
+    accurate on val (as the fit ranks them) whose val expected cost, as the deployed policy
+    scores val, is within ``budget`` (the cheapest when none fits): its thresholds and the
+    policy's state with that setting's parameters."""
+    cost_arr = None if costs is None else np.asarray(costs, dtype=np.float64)
+    fitted = fit_policy(policy, val, cost_arr)
+    params = fitted.policy.state()
+    # A learned policy ranks its settings on out-of-fold val scores; the budget must hold for the
+    # scores the export records on val (the policy fit on all of val).
+    cost = np.array([decide(val, t, policy, params, cost_arr).expected_cost[0] for t in fitted.thresholds])
+    fits = np.flatnonzero(cost <= budget * (1 + 1e-9))
+    if len(fits):
+        best = fits[fitted.val.accuracy[fits] == fitted.val.accuracy[fits].max()]
+        i = int(best[np.argmin(cost[best])])
+    else:
+        i = int(np.argmin(cost))
+    return fitted.thresholds[i], {**params, **fitted.params[i]}

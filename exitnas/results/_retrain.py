@@ -56,7 +56,7 @@ def untrained_net(meta: dict[str, Any]) -> StaticNet:
 def retrain_export(arch_json: str | Path, out: str | Path, *, scratch: bool = True, epochs: float | None = None,
                    lr: float | None = None, seed: int = 0, progress: bool = True) -> RetrainResult:
     """Train the exported arch (from scratch, or fine-tune its inherited weights) with the
-    multi-exit loss, refit its thresholds on val for the export's val expected MACs, and
+    multi-exit loss, refit its thresholds (and exit policy) on val for the export's val expected MACs, and
     write a new export with test accuracy and expected MACs.
 
     The experiment's training options apply as in supernet training: ``train.loss``,
@@ -80,7 +80,8 @@ def retrain_export(arch_json: str | Path, out: str | Path, *, scratch: bool = Tr
     costs = exit_costs(net.cpu(), tuple(splits.train_x.shape[1:]))
     net.to(device)
     ev = evaluate_export(net, ArchConfig.from_dict(meta["arch"]), splits, costs.macs, **_budget(meta),
-                         kind=meta.get("confidence", "maxprob"), device=device, seed=seed)
+                         kind=meta.get("confidence", "maxprob"), device=device, seed=seed,
+                         policy=meta.get("policy", "threshold"))
     new_meta = _retrained_meta(meta, ev, costs.to_dict(), sched, str(arch_json))
     export = write_export(out, net, new_meta, list(splits.mean), list(splits.std), exp.input_shape)
     test, val = ev.metrics["test"], ev.metrics["val"]
@@ -151,6 +152,8 @@ def _retrained_meta(meta: dict[str, Any], ev: ExportEvaluation, costs: dict[str,
     metrics, and the candidate's measured values (val) now the retrained net's."""
     new_meta = {k: v for k, v in meta.items() if k not in ("format", "files", "input", "mean", "std")}
     new_meta.update(thresholds=list(ev.thresholds), costs=costs, metrics=ev.metrics)
+    if new_meta.get("policy", "threshold") != "threshold":
+        new_meta["params"] = ev.params  # the policy refit on val with the thresholds
     val, budget = ev.metrics["val"], _budget(meta)
     unit, key = ("ms", "expected_ms") if "budget_ms" in budget else ("MMACs", "expected_mmacs")
     new_meta["measured"] = Measured(val["accuracy"], val[key], unit).to_dict()
@@ -159,7 +162,8 @@ def _retrained_meta(meta: dict[str, Any], ev: ExportEvaluation, costs: dict[str,
         "source": "retrained from scratch" if sched.scratch else "fine-tuned from the inherited weights",
         "retrain": {"epochs": sched.epochs, "lr": sched.lr, "seed": sched.seed, "from": source,
                     "threads": torch.get_num_threads(),
-                    "thresholds_refit_on": "val",
+                    "thresholds_refit_on": "val" + ("" if meta.get("policy", "threshold") == "threshold"
+                                                    else f" (with the {meta['policy']} policy)"),
                     **({"ms_budget": budget["budget_ms"]} if "budget_ms" in budget
                        else {"mmacs_budget": budget["budget_macs"] / 1e6})},
     }

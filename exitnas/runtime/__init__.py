@@ -12,6 +12,7 @@ from exitnas.runtime._early_exit import EarlyExitRuntime, deploy_early_exit, pla
 from exitnas.runtime._graphs import GraphedEarlyExit
 from exitnas.runtime._model import (
     EXPORT_FORMAT,
+    POLICY_EXPORT_FORMAT,
     AllExits,
     EarlyExitModel,
     deploy_model,
@@ -19,13 +20,18 @@ from exitnas.runtime._model import (
     sha256_file,
     static_skeleton,
 )
+from exitnas.runtime._scores import DEPLOYED_POLICIES, FEATURES, ExitScorer
 
 __all__ = [
+    "DEPLOYED_POLICIES",
     "EXPORT_FORMAT",
     "AllExits",
     "EarlyExitModel",
     "EarlyExitRuntime",
+    "ExitScorer",
+    "FEATURES",
     "GraphedEarlyExit",
+    "POLICY_EXPORT_FORMAT",
     "Normalise",
     "channels_last",
     "deploy",

@@ -4,7 +4,8 @@ At batch size 1 a small net on a GPU is bound by kernel launches: the host spend
 launching each op than the GPU spends running it. A CUDA graph records a sequence of kernels
 once and replays it with a single launch. An early-exit net cannot be one graph, because the
 host must read each exit's decision before it knows whether to go on; so each step (segment k,
-head k and the comparison ``confidence ≥ threshold_k``) is its own graph. Step k reads step
+head k and the comparison ``score ≥ threshold_k``, the score being the confidence or an exit
+policy's, see :class:`~exitnas.runtime.ExitScorer`) is its own graph. Step k reads step
 k−1's output buffer directly, so going on costs one replay, and stopping costs one read of a
 bool from the GPU.
 
@@ -19,61 +20,70 @@ buffers with ``graphs=False``; ``tests/runtime/test_graphs.py`` has a CUDA test)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Optional, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from exitnas._confidence import CONFIDENCES, confidence
+from exitnas._confidence import CONFIDENCES
 from exitnas._errors import UserError
 from exitnas.runtime._deploy import Normalise, channels_last, deploy
 from exitnas.runtime._early_exit import plain_exits
+from exitnas.runtime._scores import ExitScorer
 from exitnas.search_space import ExitStep, StaticNet, gated_modules
 
 __all__ = ["GraphedEarlyExit"]
 
 
 class _Step(nn.Module):
-    """Exit step k (segment k, head k) and, except at the last exit, the decision, as one module;
-    freezing makes ``decide`` a constant, so the last step has no decision in its graph."""
+    """Exit step k (segment k, head k) and, except at the last exit, the decision (the policy's
+    score ≥ threshold_k), as one module; freezing makes ``decide`` a constant, so the last step
+    has no decision in its graph. The policy's state (see :class:`ExitScorer`) goes from step to
+    step through its buffers, as the features do."""
 
-    def __init__(self, step: ExitStep, threshold: Optional[float], kind: str, normalise: Optional[Normalise]) -> None:
+    def __init__(self, step: ExitStep, k: int, threshold: Optional[float], scorer: ExitScorer,
+                 normalise: Optional[Normalise]) -> None:
         super().__init__()
         self.normalise = normalise
         self.step = step
+        self.k = k
         self.decide = threshold is not None
         self.threshold = float(threshold) if threshold is not None else 0.0
-        self.kind = kind
+        self.scorer = scorer
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, state: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         if self.normalise is not None:
             x = self.normalise(x)
         x, logits = self.step(x, x)  # plain exits: the previous exit's logits are unread
         if self.decide:
-            leave = confidence(logits, self.kind) >= self.threshold
+            score, state = self.scorer(self.k, logits, state)
+            leave = score >= self.threshold
         else:
             leave = torch.ones([logits.shape[0]], dtype=torch.bool, device=logits.device)
-        return x, logits, leave
+        return x, logits, leave, state
 
 
 class GraphedEarlyExit:
-    """A ``StaticNet`` with its thresholds, one image at a time: ``run(x)`` → (logits 1×C, exit).
+    """A ``StaticNet`` with its exit policy, one image at a time: ``run(x)`` → (logits 1×C, exit).
 
     Args:
         net: The subnet (eval mode, on its device); its exits must be plain classifiers.
-        thresholds: One per non-final exit; "leave when confidence ≥ threshold".
+        thresholds: One per non-final exit; "leave when the score ≥ threshold" (the score is
+            the confidence under the ``threshold`` policy).
         input_shape: C×H×W of the one image ``run`` takes.
         kind: Confidence measure (``maxprob`` or ``entropy``).
         mean, std: If given, ``run`` takes images in [0, 1] and normalises them first, as the
             exported model does.
         graphs: Record each step as a CUDA graph (the net must be on a CUDA device). With
             ``False`` the steps run as plain calls through the same buffers.
+        policy, params: The exit policy and its fitted state (``Candidate.policy``/``params``;
+            see :class:`~exitnas.runtime.ExitScorer`).
     """
 
     def __init__(self, net: StaticNet, thresholds: Sequence[float], input_shape: Tuple[int, int, int],
                  kind: str = "maxprob", mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 graphs: bool = True) -> None:
+                 graphs: bool = True, policy: str = "threshold", params: Mapping[str, Any] | None = None) -> None:
         _check_plain(net, thresholds, kind)
         device = next(net.parameters()).device
         if graphs and device.type != "cuda":
@@ -81,12 +91,14 @@ class GraphedEarlyExit:
                             "pass graphs=False or move the net to cuda")
         normalise = Normalise(mean, std).to(device) if mean is not None and std is not None else None
         last = net.num_exits - 1
-        self.steps = [deploy(_Step(step, None if k == last else float(thresholds[k]),
-                                   kind, normalise if k == 0 else None).to(device).eval())
+        scorer = ExitScorer(policy, net.num_exits, kind, params)
+        self.steps = [deploy(_Step(step, k, None if k == last else float(thresholds[k]), scorer,
+                                   normalise if k == 0 else None).to(device).eval())
                       for k, step in enumerate(net.steps)]
         self.graphs = graphs
         self.input = channels_last(torch.zeros(1, *input_shape, device=device))
-        self.outputs: list[Tuple[Tensor, Tensor, Tensor]] = []
+        self.start = scorer.start(1, self.input)  # the state before exit 0, never written
+        self.outputs: list[Tuple[Tensor, Tensor, Tensor, Tensor]] = []
         self.recorded: list[torch.cuda.CUDAGraph] = []
         with torch.no_grad():
             if graphs:
@@ -97,7 +109,8 @@ class GraphedEarlyExit:
         """From an :class:`~exitnas.results.EarlyExitModel` (e.g. ``load_export(dir)[0].cuda()``):
         its net, thresholds, confidence and input normalisation."""
         mean, std = model.mean.flatten().tolist(), model.std.flatten().tolist()
-        return cls(model.net, model.thresholds.tolist(), input_shape, model.kind, mean, std, graphs)
+        return cls(model.net, model.thresholds.tolist(), input_shape, model.kind, mean, std, graphs, model.policy,
+                   _scorer_params(model.scorer))
 
     def _record(self) -> None:
         # Warm-up on a side stream before capture, as torch.cuda.graphs asks (lazy init, allocator).
@@ -105,21 +118,21 @@ class GraphedEarlyExit:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                x = self.input
+                x, state = self.input, self.start
                 for step in self.steps:
-                    x = step(x)[0]
+                    x, _, _, state = step(x, state)
         torch.cuda.current_stream().wait_stream(side)
         pool = None
-        x = self.input
+        x, state = self.input, self.start
         for step in self.steps:
             g = torch.cuda.CUDAGraph()
             # One memory pool for all steps: they are recorded and always replayed in this order.
             with torch.cuda.graph(g, pool=pool):
-                out = step(x)
+                out = step(x, state)
             pool = g.pool()
             self.recorded.append(g)
             self.outputs.append(out)
-            x = out[0]  # step k+1 reads step k's feature buffer as it is
+            x, state = out[0], out[3]  # step k+1 reads step k's feature and state buffers as they are
         torch.cuda.synchronize()
 
     @torch.no_grad()
@@ -130,13 +143,13 @@ class GraphedEarlyExit:
                             f"got a batch of shape {tuple(x.shape)}")
         self.input.copy_(x)
         last = len(self.steps) - 1
-        feats = self.input
+        feats, state = self.input, self.start
         for k, step in enumerate(self.steps):
             if self.graphs:
                 self.recorded[k].replay()
-                feats, logits, leave = self.outputs[k]
+                feats, logits, leave, state = self.outputs[k]
             else:
-                feats, logits, leave = step(feats)
+                feats, logits, leave, state = step(feats, state)
             if k == last or bool(leave[0]):
                 return logits.clone(), k
         raise AssertionError("the last step always returns")
@@ -153,3 +166,9 @@ def _check_plain(net: StaticNet, thresholds: Sequence[float], kind: str) -> None
     if not plain_exits(net) or gated_modules(net):
         raise UserError("CUDA graphs per segment need plain exits: this net combines its exits (boost, ZTW), "
                         "ensembles them or gates its multi-scale convs; run the exported TorchScript model")
+
+
+def _scorer_params(scorer: ExitScorer) -> dict[str, Any]:
+    """A fitted scorer's state as ``Candidate.params`` hold it (what :class:`ExitScorer` takes)."""
+    models = torch.cat([scorer.mu, scorer.sd, scorer.w, scorer.b[:, None]], dim=1)
+    return {"temperatures": scorer.temperatures.tolist(), "models": models.tolist()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -14,18 +14,24 @@ from exitnas._errors import UserError
 from exitnas._io import read_json
 from exitnas.runtime._deploy import channels_last, deploy
 from exitnas.runtime._early_exit import EarlyExitRuntime
+from exitnas.runtime._scores import DEPLOYED_POLICIES
 from exitnas.search_space import ArchConfig, SearchSpace, StaticNet, Supernet, gated_modules, ring_mask
 
-__all__ = ["EXPORT_FORMAT", "AllExits", "EarlyExitModel", "deploy_model", "load_export", "sha256_file",
-           "static_skeleton"]
+__all__ = ["EXPORT_FORMAT", "POLICY_EXPORT_FORMAT", "AllExits", "EarlyExitModel", "deploy_model", "load_export",
+           "sha256_file", "static_skeleton"]
 
 EXPORT_FORMAT = 1
+#: The format of an export whose exits decide by another policy than ``threshold`` (``policy``
+#: and ``params`` in ``arch.json``): an exitnas that knows only format 1 refuses it rather than
+#: running thresholds on confidences the policy never meant.
+POLICY_EXPORT_FORMAT = 2
 
 
 class EarlyExitModel(EarlyExitRuntime):
-    """A subnet with its thresholds: images in [0, 1] → (logits, exit index) per sample.
+    """A subnet with its exit policy: images in [0, 1] → (logits, exit index) per sample.
 
-    ``forward`` stops at the first exit confident enough; samples that left are dropped
+    ``forward`` stops at the first exit whose score (the confidence, or the policy's: see
+    :class:`~exitnas.runtime.EarlyExitRuntime`) reaches its threshold; samples that left are dropped
     from the batch, so at batch size 1 later blocks never run (and a single image skips the
     batch bookkeeping, see :class:`~exitnas.runtime.EarlyExitRuntime`).
     ``all_exits`` returns every exit's logits (what the ONNX file computes). TorchScript
@@ -34,8 +40,8 @@ class EarlyExitModel(EarlyExitRuntime):
     """
 
     def __init__(self, net: StaticNet, thresholds: List[float], mean: List[float], std: List[float],
-                 kind: str = "maxprob") -> None:
-        super().__init__(net, thresholds, kind)
+                 kind: str = "maxprob", policy: str = "threshold", params: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(net, thresholds, kind, policy, params)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -101,14 +107,17 @@ def load_export(directory: str | Path) -> tuple[EarlyExitModel, dict[str, Any]]:
     d = meta_path.parent
     meta = read_json(meta_path, "{path} does not exist; point at an export folder or its arch.json",
                      "{path} is not valid JSON ({error}); re-export the trial")
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        raise UserError(f"{meta_path} is not an exitnas export (format {EXPORT_FORMAT})")
+    if not isinstance(meta, dict) or meta.get("format") not in (EXPORT_FORMAT, POLICY_EXPORT_FORMAT):
+        raise UserError(f"{meta_path} is not an exitnas export (format {EXPORT_FORMAT} or {POLICY_EXPORT_FORMAT})")
     try:
         space = SearchSpace.from_dict(meta["space"])
         arch = space.validate(ArchConfig.from_dict(meta["arch"]))
         thresholds = [float(t) for t in meta["thresholds"]]
         mean, std = [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
         kind = str(meta.get("confidence", "maxprob"))
+        policy, params = str(meta.get("policy", "threshold")), meta.get("params") or {}
+        if policy not in DEPLOYED_POLICIES:
+            raise ValueError(f"unknown exit policy {policy!r}")
         weights = d / meta["files"]["weights"]["name"]
         _check_metrics(meta["metrics"])
     except (KeyError, TypeError, ValueError) as e:
@@ -129,7 +138,12 @@ def load_export(directory: str | Path) -> tuple[EarlyExitModel, dict[str, Any]]:
     except RuntimeError as e:
         raise UserError(f"{weights} does not fit the arch in {meta_path.name} ({str(e).splitlines()[0]})") from None
     net.requires_grad_(False)  # an inference model
-    return EarlyExitModel(net.eval(), thresholds, mean, std, kind).eval(), meta
+    try:
+        model = EarlyExitModel(net.eval(), thresholds, mean, std, kind, policy, params).eval()
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{meta_path}: the {policy!r} policy's params are malformed ({e}); "
+                        "re-export the trial") from None
+    return model, meta
 
 
 def _check_metrics(metrics: Any) -> None:

@@ -38,7 +38,7 @@ def test_profile_covers_every_choice_with_provenance(space, table) -> None:  # t
     n_first = 2 * 2 + 2 * 2 * 2  # stage 0: c_in = c_out; stage 1: every input width
     n_rest = 2 * 2 * 2
     n_heads = 2 * 2 * 2
-    loop = 4  # call, early_exit, leave, decision
+    loop = 4 + 3  # call, early_exit, leave, decision, and the decision of each other exit policy
     assert len(table.entries) == n_stem + n_first + n_rest + n_heads + loop
     for e in table.entries.values():
         assert e["median_ms"] >= 0 and e["count"] == 3 and e["iqr_ms"] >= 0
@@ -61,6 +61,9 @@ def test_exit_latency_is_a_sum_of_table_entries(space, table) -> None:  # type: 
     second = first + (e["block|s0|rest|8>8|r1"] - call) + (e[f"{h}|s0|8"] - call)
     assert lat[1] == pytest.approx(f * second + e["leave"] + e["decision"])
     assert lat[-1] == pytest.approx(f * modules[-1] + e["early_exit"] + (arch.num_exits - 1) * e["decision"])
+    for policy in ("temperature", "patience", "decider"):  # each policy pays its own decisions
+        own = table.exit_latency(space, arch, policy)
+        assert own[-1] == pytest.approx(lat[-1] + (arch.num_exits - 1) * (e[f"decision|{policy}"] - e["decision"]))
 
 
 def test_expected_latency_uses_the_same_policy_arithmetic(space, table) -> None:  # type: ignore[no-untyped-def]

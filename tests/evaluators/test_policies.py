@@ -11,6 +11,7 @@ from exitnas.evaluators import (
     ExitPolicy,
     agreement_runs,
     budgeted_batch,
+    decide,
     exit_features,
     fit_policy,
     leave_targets,
@@ -28,7 +29,7 @@ def _cache(logits: np.ndarray, labels: np.ndarray, macs: list[float] | None = No
     k = logits.shape[0]
     p = softmax(logits)
     return ExitCache(_arch(k), p.max(-1).astype(np.float32), p.argmax(-1) == labels[None],
-                     np.asarray(macs or np.arange(1, k + 1) * 10.0, dtype=np.float64), "maxprob",
+                     np.asarray(macs or np.arange(1, k + 1) * 1e5, dtype=np.float64), "maxprob",
                      None, logits.astype(np.float16), labels)
 
 
@@ -53,7 +54,7 @@ def test_patience_leaves_when_the_last_k_exits_agree() -> None:
     # k=3: image 0 at exit 2, image 1 at exit 3, images 2 and 3 at the final exit: all right.
     assert fitted.val.histogram[1].tolist() == [0, 0, 1, 3]
     assert fitted.val.accuracy[1] == 1.0
-    assert fitted.val.expected_cost[1] == pytest.approx((30 + 40 * 3) / 4)
+    assert fitted.val.expected_cost[1] == pytest.approx((3 + 4 * 3) / 4 * 1e5)
     assert fitted.val.histogram[2].tolist() == [0, 0, 0, 4]  # k=4 = K: only the final exit
 
 
@@ -124,13 +125,13 @@ def test_threshold_policy_contains_the_budgeted_batch_curve(random_cache: object
     assert [(p.macs, p.accuracy) for p in bb] == [(float(c), float(a)) for c, a in
                                                  zip(res.expected_cost[:len(bb)], res.accuracy[:len(bb)])]
     # Choosing is on val only: the chosen setting fits the budget on val and is the most accurate there.
-    for budget in np.linspace(10, 30, 9):
+    for budget in np.linspace(1e5, 3e5, 9):
         i = fitted.choose(float(budget))
         assert i is not None and fitted.val.expected_cost[i] <= budget
         assert fitted.val.accuracy[i] == fitted.val.accuracy[fitted.val.expected_cost <= budget].max()
-    assert fitted.choose(5.0) is None
-    curve = fitted.budget_curve(res, [5.0, 20.0])
-    assert curve[0] is None and curve[1].accuracy == res.accuracy[fitted.choose(20.0)]
+    assert fitted.choose(5e4) is None
+    curve = fitted.budget_curve(res, [5e4, 2e5])
+    assert curve[0] is None and curve[1].accuracy == res.accuracy[fitted.choose(2e5)]
 
 
 @pytest.mark.parametrize("name", list(POLICIES))
@@ -144,6 +145,12 @@ def test_every_policy_fits_on_val_and_applies_to_test(name: str) -> None:
     assert res.histogram.sum(1).tolist() == [150] * len(fitted.params)
     assert ((res.accuracy >= 0) & (res.accuracy <= 1)).all()
     assert POLICIES.get(name)().decision_macs(10) < 100  # ≪ any exit's MACs
+    # The policy's own MACs are paid once per exit passed (the final exit decides nothing).
+    per = POLICIES.get(name)().decision_macs(5)
+    base = ExitPolicy(val).evaluate(np.ones(3)).expected_cost[0]  # everyone to the final exit
+    assert fitted.val.expected_cost.max() <= base + 3 * per + 1e-6
+    everyone_first = decide(val, np.zeros(3), name, fitted.policy.state())
+    assert everyone_first.histogram[0, 0] == 150 and everyone_first.expected_cost[0] == val.macs[0] + per
 
 
 def test_a_cache_without_logits_is_refused(hand_cache: ExitCache) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from exitnas.evaluators import POLICIES
 from exitnas.runtime import EarlyExitRuntime, deploy_early_exit
 from exitnas.search_space import ArchConfig, Supernet, build_space
 
@@ -22,6 +23,11 @@ def _expected_exits(outs: list[torch.Tensor], k: int) -> list[int]:
                 break
         out.append(leave)
     return out
+
+
+def _thresholds(k: int) -> list[float]:
+    """Patience k of 4 exits as the evaluators' threshold vector (``PatiencePolicy.thresholds``)."""
+    return POLICIES.get("patience").thresholds(k, 4).tolist()
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +53,12 @@ def test_patience_exits_match_the_rule(net, k: int) -> None:  # type: ignore[no-
         outs = net(x)
     want = _expected_exits(outs, k)
     assert len(set(want)) > 1  # the images leave at different exits: the check means something
-    rt = EarlyExitRuntime(net, [0.0] * 3, patience=k).eval()  # thresholds 0 would send all out at exit 0
+    rt = EarlyExitRuntime(net, _thresholds(k), policy="patience").eval()
     logits, exits = rt._run(x)  # the batch path
     assert exits.tolist() == want
     for n in range(len(x)):
         torch.testing.assert_close(logits[n], outs[want[n]][n])
-    deployed = deploy_early_exit(net, [0.0] * 3, patience=k)
+    deployed = deploy_early_exit(net, _thresholds(k), policy="patience")
     for n in range(len(x)):  # batch size 1: the loop that stops
         one, e = rt._run(x[n : n + 1])
         assert int(e) == want[n]
@@ -68,7 +74,7 @@ def test_a_single_image_stops_where_patience_is_reached(net) -> None:  # type: i
         with torch.no_grad():
             want = _expected_exits(net(x), 2)
         calls.clear()
-        rt = EarlyExitRuntime(net, [0.0] * 3, patience=2).eval()
+        rt = EarlyExitRuntime(net, _thresholds(2), policy="patience").eval()
         for n in range(len(x)):
             rt._run(x[n : n + 1])
         assert len(calls) == sum(1 for w in want if w == 3)  # the last step ran only for those leaving there

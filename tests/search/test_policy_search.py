@@ -1,5 +1,5 @@
 """Searching an exit policy with the arch: the policy is the study's, its parameter the trial's,
-what the trial stores reproduces its objectives, and export refuses what the runtime cannot run."""
+what the trial stores reproduces its objectives, and an export of a trial runs its policy."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+import torch
 
-from exitnas._errors import UserError
 from exitnas._trial_codec import CANDIDATE_ATTR
 from exitnas.evaluators import POLICY_RULES, candidate_result
 from exitnas.experiment import Experiment
-from exitnas.results import export_trial
+from exitnas.results import export_trial, retrain_export
+from exitnas.runtime import load_export
 from exitnas.search import ArchObjective, create_or_load_study
 from exitnas.search_space import Candidate
 
@@ -74,9 +75,44 @@ def test_patience_trial_leaves_where_k_exits_agree(trained: Any, make_cfg: Calla
         assert t.user_attrs["exit_histogram"] == np.bincount(want, minlength=cache.num_exits).tolist()
 
 
-def test_export_refuses_a_policy_the_runtime_cannot_run(trained: Any, make_cfg: Callable[..., Any],
-                                                        tmp_path: Path) -> None:
-    _, study, url = _search(make_cfg, trained, tmp_path, "patience", n=1)
-    with pytest.raises(UserError, match="'patience' policy"):
-        export_trial(url, "test", study.get_trials()[0].number, tmp_path / "out", onnx=False)
-    assert not (tmp_path / "out").exists()  # nothing half-written
+@pytest.mark.parametrize("rule", POLICY_RULES)
+def test_an_exported_policy_trial_leaves_where_the_search_measured(rule: str, trained: Any,
+                                                                   make_cfg: Callable[..., Any],
+                                                                   tmp_path: Path) -> None:
+    exp, study, url = _search(make_cfg, trained, tmp_path, rule, n=24)
+    multi = [t for t in study.get_trials() if len(t.user_attrs["exit_histogram"]) > 1
+             and sum(1 for h in t.user_attrs["exit_histogram"] if h) > 1]
+    assert multi, "no trial left at two exits: the check would mean nothing"
+    trial = multi[0]
+    res = export_trial(url, "test", trial.number, tmp_path / "out", onnx=False)
+    model, meta = load_export(res.directory)
+    cand = Candidate.from_dict(trial.user_attrs[CANDIDATE_ATTR])
+    assert meta["policy"] == rule and meta["params"] == cand.params
+    assert meta["metrics"]["val"]["accuracy"] == trial.values[0]
+    assert meta["metrics"]["val"]["expected_mmacs"] == pytest.approx(trial.values[1], rel=1e-12)
+    # The deployed TorchScript model at batch size 1 leaves where the cache's decision says.
+    cache = exp.evaluator.cache(cand.arch, "val")
+    want = _policy_exits(cand, cache)
+    deployed = torch.jit.load(str(res.torchscript))
+    x = exp.splits.val_x[:64].float() / 255
+    got = [int(deployed(x[n : n + 1])[1]) for n in range(len(x))]
+    agree = np.mean(np.array(got) == want[: len(x)])
+    assert agree >= 0.95  # float16 cached logits against the float32 runtime: ties at a threshold
+    batch_exits = model(x)[1].numpy()
+    assert np.mean(batch_exits == want[: len(x)]) >= 0.95
+    if rule == "decider":  # retraining refits the policy on val, within the export's val budget
+        again = retrain_export(res.arch_json, tmp_path / "retrained", scratch=False, epochs=0.05, progress=False)
+        _, meta2 = load_export(again.export.directory)
+        assert meta2["policy"] == "decider" and len(meta2["params"]["models"]) == cand.arch.num_exits - 1
+        assert meta2["params"]["models"] != meta["params"]["models"]  # fit anew to the retrained net
+        # Every image out at exit 0 is among the settings and fits: the refit keeps to the budget.
+        assert again.val_expected_mmacs <= meta["metrics"]["val"]["expected_mmacs"] * (1 + 1e-9)
+
+
+def _policy_exits(cand: Candidate, cache: Any) -> np.ndarray:
+    """Per image, the exit the candidate's policy sends it to on ``cache`` (the evaluators' numbers)."""
+    from exitnas.evaluators import POLICIES
+
+    scores = POLICIES.get(cand.policy)().load(cand.params).scores(cache)
+    passed = scores >= np.asarray(cand.thresholds)[:, None]
+    return np.where(passed.any(0), passed.argmax(0), cache.num_exits - 1)

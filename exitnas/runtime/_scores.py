@@ -1,0 +1,109 @@
+"""The deployed form of an exit policy's score (``evaluators.POLICIES``), one exit at a time.
+
+The evaluators score every exit of a cached split at once, in numpy (float64). A deployed
+model decides at each exit as it reaches it, from that exit's logits and a small state the
+earlier exits left: :class:`ExitScorer` is that decision in torch (float32), scriptable, the
+same arithmetic as the evaluators' policies (a test checks both agree). Its own cost is what
+``Policy.decision_macs`` counts: a softmax the threshold rule has anyway, and a few ops on
+scalars per image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from exitnas._confidence import confidence
+
+__all__ = ["DEPLOYED_POLICIES", "FEATURES", "ExitScorer"]
+
+#: The exit policies a deployed model runs.
+DEPLOYED_POLICIES = ("threshold", "temperature", "patience", "decider")
+#: Features of the learned decider (``evaluators.exit_features``), in that order.
+FEATURES = 9
+#: Columns of the state carried from exit to exit: the previous exit's class (−1 before the
+#: first), the run of equal classes ending there, its max probability, the highest max
+#: probability so far, and their sum.
+_STATE = 5
+
+
+class ExitScorer(nn.Module):
+    """Exit k's score in [0, 1] for each image, from exit k's logits and the earlier exits' state.
+
+    ``forward(k, logits, state) → (score, state)``; the image leaves exit k when the score
+    reaches that exit's threshold. ``start(n, like)`` is the state before exit 0.
+
+    Args:
+        policy: ``threshold`` (the confidence ``kind``), ``temperature`` (max-softmax of the
+            logits over exit k's temperature), ``patience`` (the run of equal classes over K) or
+            ``decider`` (the learned decider's probability that leaving loses nothing).
+        num_exits: K, the net's exits.
+        kind: The ``threshold`` policy's confidence (``maxprob`` or ``entropy``).
+        params: The policy's fitted state as a candidate keeps it (``Candidate.params``):
+            ``temperatures`` (K) or the decider's ``models`` (K-1 vectors of mean, std, weights
+            and bias over the features).
+    """
+
+    def __init__(self, policy: str, num_exits: int, kind: str = "maxprob",
+                 params: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        if policy not in DEPLOYED_POLICIES:
+            raise ValueError(f"unknown exit policy {policy!r}; known: {', '.join(DEPLOYED_POLICIES)}")
+        params = params or {}
+        self.policy = policy
+        self.kind = kind
+        self.num_exits = int(num_exits)
+        temps = torch.ones(self.num_exits)
+        models = torch.zeros(max(self.num_exits - 1, 1), 3 * FEATURES + 1)
+        models[:, FEATURES : 2 * FEATURES] = 1.0  # unit std: harmless when there is no decider
+        if policy == "temperature":
+            temps = _tensor(params["temperatures"], (self.num_exits,), "temperatures")
+        if policy == "decider" and self.num_exits > 1:
+            models = _tensor(params["models"], (self.num_exits - 1, 3 * FEATURES + 1), "decider models")
+        self.register_buffer("temperatures", temps)
+        self.register_buffer("mu", models[:, :FEATURES].contiguous())
+        self.register_buffer("sd", models[:, FEATURES : 2 * FEATURES].contiguous())
+        self.register_buffer("w", models[:, 2 * FEATURES : 3 * FEATURES].contiguous())
+        self.register_buffer("b", models[:, 3 * FEATURES].contiguous())
+
+    @torch.jit.export
+    def start(self, n: int, like: Tensor) -> Tensor:
+        """The state before exit 0 of ``n`` images (on ``like``'s device)."""
+        state = torch.zeros(n, 5, device=like.device)  # the _STATE columns
+        state[:, 0] = -1.0
+        return state
+
+    def forward(self, k: int, logits: Tensor, state: Tensor) -> Tuple[Tensor, Tensor]:
+        if self.policy == "threshold":
+            return confidence(logits, self.kind), state
+        if self.policy == "temperature":
+            return torch.softmax(logits.float() / self.temperatures[k], dim=-1).max(dim=-1).values, state
+        p = torch.softmax(logits.float(), dim=-1)
+        maxp, pred = p.max(dim=-1)
+        prev_pred, run, prev_max, best, total = state.unbind(1)
+        agree = (pred.float() == prev_pred).float()
+        run = torch.where(agree > 0, run + 1.0, torch.ones_like(run))
+        new_state = torch.stack([pred.float(), run, maxp, torch.maximum(best, maxp), total + maxp], dim=1)
+        if self.policy == "patience":
+            return run / self.num_exits, new_state
+        top2 = p.topk(2, dim=-1).values
+        ent = 1.0 - (-(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1)) / math.log(p.shape[-1])
+        if k == 0:
+            p_prev_class = maxp
+        else:
+            p_prev_class = p.gather(1, prev_pred.clamp_min(0.0).long().unsqueeze(1)).squeeze(1)
+        x = torch.stack([maxp, top2[:, 0] - top2[:, 1], ent, agree, run / self.num_exits, prev_max, best,
+                         (total + maxp) / (k + 1), p_prev_class], dim=1)
+        z = ((x - self.mu[k]) / self.sd[k]) @ self.w[k] + self.b[k]
+        return torch.sigmoid(z), new_state
+
+
+def _tensor(value: Any, shape: tuple[int, ...], what: str) -> Tensor:
+    t = torch.as_tensor(value, dtype=torch.float32)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"the policy's {what} have shape {tuple(t.shape)}, not {shape}")
+    return t
