@@ -7,6 +7,7 @@ from exitnas.evaluators._cost import ExitCosts, count_macs, exit_costs
 from exitnas.evaluators._evaluator import TRAIN_CACHE_IMAGES, Evaluator, fit_subnet_ensemble, weights_digest
 from exitnas.evaluators._latency import LatencyTable, profile_space
 from exitnas.evaluators._policies import (
+    CURVE_BUDGETS,
     POLICIES,
     FittedPolicy,
     Policy,
@@ -18,6 +19,7 @@ from exitnas.evaluators._policies import (
     fit_policy,
     fit_searched,
     leave_targets,
+    policy_curve,
 )
 from exitnas.evaluators._policy import ExitPolicy, PolicyResult, check_thresholds, read_thresholds
 from exitnas.evaluators._protocols import (
@@ -53,6 +55,7 @@ __all__ = [
     "FittedPolicy",
     "Policy",
     "agreement_runs",
+    "CURVE_BUDGETS",
     "candidate_result",
     "decide",
     "decision_macs",
@@ -60,6 +63,7 @@ __all__ = [
     "fit_policy",
     "fit_searched",
     "leave_targets",
+    "policy_curve",
     "BOF_BETA_RANGE",
     "EXIT_RULES",
     "POLICY_RULES",

@@ -28,8 +28,8 @@ from exitnas.evaluators._policy import ExitPolicy, PolicyResult
 from exitnas.evaluators._protocols import DEFAULT_P_SWEEP, CurvePoint, fit_budgeted_thresholds
 from exitnas.search_space import Candidate
 
-__all__ = ["POLICIES", "FittedPolicy", "Policy", "agreement_runs", "candidate_result", "decide", "decision_macs",
-           "exit_features", "fit_policy", "fit_searched", "leave_targets", "softmax"]
+__all__ = ["CURVE_BUDGETS", "POLICIES", "FittedPolicy", "Policy", "agreement_runs", "candidate_result", "decide",
+           "decision_macs", "exit_features", "fit_policy", "fit_searched", "leave_targets", "policy_curve", "softmax"]
 
 #: Global thresholds (one value for every exit) a score policy offers besides the budgeted-batch
 #: fits: these val quantiles of its scores.
@@ -416,3 +416,31 @@ def decide(cache: ExitCache, thresholds: np.ndarray | list[float] | tuple[float,
 def candidate_result(cand: Candidate, cache: ExitCache, costs: np.ndarray | None = None) -> PolicyResult:
     """:func:`decide` with a candidate's thresholds, policy and fitted state."""
     return decide(cache, cand.thresholds, cand.policy, cand.params, costs)
+
+
+#: Budgets of a policy curve: a grid this long from the first exit's val cost to the final exit's.
+CURVE_BUDGETS = 21
+
+
+def policy_curve(name: str, val: ExitCache, test: ExitCache,
+                 budgets: np.ndarray | list[float] | None = None) -> list[CurvePoint]:
+    """Policy ``name`` fit on ``val``; at each budget, the setting chosen on val (most accurate
+    within it) measured on ``test``: the policy's budgeted curve, in MACs. Budgets no setting
+    meets on val are left out; so are repeats of one setting. Empty for a single-exit arch.
+
+    Args:
+        name: A registered policy.
+        val, test: The arch's exit caches (with logits).
+        budgets: Expected-MACs budgets on val (default :data:`CURVE_BUDGETS` evenly from the
+            first exit's val MACs to the final exit's).
+    """
+    if val.num_exits < 2:
+        return []
+    fitted = fit_policy(name, val)
+    lo, hi = float(val.exit_macs()[0]), float(val.exit_macs()[-1])
+    grid = np.linspace(lo, hi, CURVE_BUDGETS) if budgets is None else np.asarray(budgets, dtype=np.float64)
+    out: list[CurvePoint] = []
+    for p in fitted.budget_curve(fitted.apply(test), grid):
+        if p is not None and (not out or p.thresholds != out[-1].thresholds or p.macs != out[-1].macs):
+            out.append(p)
+    return out

@@ -15,13 +15,16 @@ import numpy as np
 from exitnas._errors import UserError
 from exitnas._trial_codec import decode_trial
 from exitnas.evaluators import (
+    POLICIES,
     CurvePoint,
     Evaluator,
+    ExitCache,
     anytime,
     budgeted_batch,
     budgeted_oracle,
     candidate_result,
     oracle,
+    policy_curve,
 )
 from exitnas.experiment import Experiment
 from exitnas.results._front import FrontInfo, TrialRecord
@@ -203,6 +206,8 @@ class CurvesInfo:
         stage_oracle: Its oracle point on test.
         budgeted_oracle: The chosen arch's budgeted oracle on test: the best accuracy any exit
             policy could reach at each expected cost (:func:`~exitnas.evaluators.budgeted_oracle`).
+        policies: Per exit policy (``evaluators.POLICIES``), its budgeted curve on test: fit on
+            val, the setting per budget chosen on val (:func:`~exitnas.evaluators.policy_curve`).
     """
 
     trial: int
@@ -217,6 +222,7 @@ class CurvesInfo:
     stage_budgeted_batch: tuple[CurvePoint, ...]
     stage_oracle: CurvePoint
     budgeted_oracle: tuple[CurvePoint, ...] = ()
+    policies: tuple[tuple[str, tuple[CurvePoint, ...]], ...] = ()
 
 
 def get_curves_info(front: FrontInfo, evaluator: Evaluator, trial: int) -> CurvesInfo:
@@ -236,7 +242,14 @@ def get_curves_info(front: FrontInfo, evaluator: Evaluator, trial: int) -> Curve
     return CurvesInfo(trial, arch, tuple(budgeted_batch(c["val"], c["test"])), tuple(anytime(c["test"])),
                       oracle(c["test"]), searched, static_arch, static, stage_arch,
                       tuple(budgeted_batch(sc["val"], sc["test"])), oracle(sc["test"]),
-                      tuple(budgeted_oracle(c["test"], max_points=ORACLE_POINTS)))
+                      tuple(budgeted_oracle(c["test"], max_points=ORACLE_POINTS)), _policy_curves(c["val"], c["test"]))
+
+
+def _policy_curves(val: ExitCache, test: ExitCache) -> tuple[tuple[str, tuple[CurvePoint, ...]], ...]:
+    """Every exit policy's budgeted test curve (none for caches without logits, or one exit)."""
+    if val.logits is None or test.logits is None or val.num_exits < 2:
+        return ()
+    return tuple((name, tuple(policy_curve(name, val, test))) for name in POLICIES)
 
 
 # -- exit histogram ----------------------------------------------------------------------------

@@ -63,7 +63,9 @@ def plot_front(front: FrontInfo, tests: Sequence[TestPoint], curves: CurvesInfo 
 
 
 def plot_curves(curves: CurvesInfo) -> go.Figure:
-    """Budgeted-batch, anytime, budgeted oracle and oracle of the chosen arch on test, with both baselines."""
+    """Budgeted-batch, anytime, the exit policies' curves, budgeted oracle and oracle of the chosen
+    arch on test, with both baselines (policies other than threshold and decider start hidden:
+    click their legend entries)."""
     fig = go.Figure()
     if curves.budgeted_oracle:
         fig.add_trace(_curve(curves.budgeted_oracle, "budgeted oracle (ceiling of any exit policy)", mode="lines",
@@ -72,6 +74,11 @@ def plot_curves(curves: CurvesInfo) -> go.Figure:
                          customdata=[p.param for p in sorted(curves.budgeted_batch, key=lambda p: p.macs)],
                          hovertemplate="p=%{customdata}<br>%{x:.3f} MMACs, %{y:.4f}"))
     fig.add_trace(_curve(curves.anytime, "anytime (exit k)", mode="lines+markers", line={"dash": "dash"}))
+    for name, points in curves.policies:  # each exit policy, its setting per budget chosen on val
+        if points:
+            label = "thresholds, chosen per budget on val" if name == "threshold" else f"{name} policy"
+            fig.add_trace(_curve(points, label, mode="lines", line={"dash": "dashdot", "width": 1.5},
+                                 visible=True if name in ("threshold", "decider") else "legendonly"))
     fig.add_trace(_curve([curves.oracle], "oracle", mode="markers", marker={"symbol": "triangle-up", "size": 11}))
     fig.add_trace(_curve([curves.searched], f"trial {curves.trial} thresholds", mode="markers",
                          marker={"symbol": "diamond", "size": 11}))

@@ -255,6 +255,8 @@ def _summary(front: FrontInfo, tests: tuple[ev.TestPoint, ...], curves: ev.Curve
             "static_largest_test": asdict(curves.static), "static_largest_arch": curves.static_arch.to_dict(),
             "stage_exits_budgeted_batch_test": [asdict(p) for p in curves.stage_budgeted_batch],
             "stage_exits_arch": curves.stage_arch.to_dict(),
+            "budgeted_oracle_test": [asdict(p) for p in curves.budgeted_oracle],
+            "policies_test": {name: [asdict(p) for p in points] for name, points in curves.policies},
         },
         "hypervolume": {"trials": list(progress.trial_numbers), "values": list(progress.hypervolume),
                         "reference": list(progress.reference)},

@@ -12,8 +12,9 @@ import pytest
 from optuna.trial import TrialState
 
 from exitnas.cli import main
-from exitnas.evaluators import accuracy_at
+from exitnas.evaluators import POLICIES, accuracy_at
 from exitnas.results import ReportResult, build_report, choose_trial, hypervolume_2d, load_front
+from exitnas.results._figures import plot_curves
 
 FIGURES = ("front", "curves", "progress", "histogram")
 
@@ -79,8 +80,17 @@ def test_curves_stay_below_the_oracle(report: ReportResult) -> None:
     # The budgeted oracle is the ceiling at every cost, and ends at the oracle's accuracy, cheaper.
     assert c.budgeted_oracle[-1].accuracy == pytest.approx(c.oracle.accuracy)
     assert c.budgeted_oracle[-1].macs <= c.oracle.macs + 1e-6
-    for p in (*c.budgeted_batch, *c.anytime, c.searched):
+    policies = dict(c.policies)
+    assert set(policies) == set(POLICIES) and all(policies.values())
+    for p in (*c.budgeted_batch, *c.anytime, c.searched, *(q for pts in policies.values() for q in pts)):
         assert p.accuracy <= (accuracy_at(list(c.budgeted_oracle), p.macs + 1e-6) or 0.0) + 1e-12
+
+
+def test_the_curves_figure_draws_every_policy_beside_the_budgeted_oracle(report: ReportResult) -> None:
+    names = [t.name for t in plot_curves(report.curves).data]
+    assert "budgeted oracle (ceiling of any exit policy)" in names
+    assert "thresholds, chosen per budget on val" in names and "decider policy" in names
+    assert {"temperature policy", "patience policy"} <= set(names)
 
 
 def test_baselines(report: ReportResult) -> None:
