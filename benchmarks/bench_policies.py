@@ -9,11 +9,14 @@ of the threshold→oracle gap each policy closes. A second part compares the ``t
 ``share`` exit rules as search spaces: two NSGA-II searches of the same length on the same
 supernet, their val fronts' hypervolume and their front points' test numbers.
 
-``--device cpu`` with the defaults is the reduced recipe that fits a few minutes on a CPU: the
-built-in 8×8 digits, a small space, a few epochs. It is labelled as such in RESULTS.md; it is
-not CIFAR-10.
+Two reduced recipes train a small space on this machine's CPU: ``--data digits`` (the built-in
+8×8 digits, 30 epochs, under a minute) and ``--data cifar10-jpeg --data-root TAR`` (CIFAR-10
+JPEG, 8 epochs, about 40 minutes on 2 cores). The deployed half times each policy's TorchScript
+model at batch size 1 (every exit passed: the policy's whole overhead) and writes a page of
+curves (``<out>/policies.html``). RESULTS.md gets one section per dataset.
 
-Usage: ``python benchmarks/bench_policies.py [--epochs 30] [--trials 100] [--seeds 2] [--out runs/bench_policies]``.
+Usage: ``python benchmarks/bench_policies.py [--data digits|cifar10-jpeg] [--data-root TAR] [--epochs E]
+[--archs 2] [--trials 100] [--seeds 2] [--out runs/bench_policies-<data>]``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import environment, environment_line, write_section  # noqa: E402
+from _policies_deploy import policy_latency, write_page  # noqa: E402
 
 from exitnas._config import load_config  # noqa: E402
 from exitnas.evaluators import (  # noqa: E402
@@ -55,18 +59,33 @@ BUDGETS = 21  # grid from the first exit's val cost to the final exit's
 AT = (0.25, 0.5, 0.75)  # the three reported budgets, as fractions of that range
 
 
-def recipe(epochs: float, out: Path) -> list[str]:
-    return ["data.name=digits", "data.val_size=0.3", "space.channels=[8, 16, 32]", "space.depths=[1, 2, 3]",
-            "space.widths=[0.5, 1.0]", "space.ratios=[0.0, 0.5]", "space.heads=[linear]", f"train.epochs={epochs}",
-            "train.batch_size=128", "train.device=cpu", "train.progress=false", f"train.out={out}"]
+#: The reduced recipes: a small space trained on this machine's CPU (GPU runs use --device).
+DATASETS = {
+    "digits": {"label": "the built-in 8×8 digits (1,797 grayscale images, sklearn)", "epochs": 30.0,
+               "over": ["data.name=digits", "data.val_size=0.3", "space.channels=[8, 16, 32]",
+                        "space.depths=[1, 2, 3]", "train.batch_size=128"],
+               "space": "channels 8/16/32, depths ≤ 3"},
+    "cifar10-jpeg": {"label": "CIFAR-10 JPEG (45,000 train / 5,000 val / 10,000 test)", "epochs": 8.0,
+                     "over": ["data.name=cifar10-jpeg", "data.val_size=5000", "space.channels=[16, 32, 64]",
+                              "space.depths=[1, 2]", "train.batch_size=128"],
+                     "space": "channels 16/32/64, depths ≤ 2"},
+}
 
 
-def archs(ev: Evaluator) -> dict[str, ArchConfig]:
-    """The largest net with an exit at every block, MSDNet's stage-end layout, two random archs with all exits."""
+def recipe(data: str, data_root: str | None, epochs: float, out: Path) -> list[str]:
+    over = DATASETS[data]["over"] + ["space.widths=[0.5, 1.0]", "space.ratios=[0.0, 0.5]", "space.heads=[linear]",
+                                     f"train.epochs={epochs}", "train.device=cpu", "train.progress=false",
+                                     f"train.out={out}"]
+    return over + ([f"data.root={data_root}"] if data_root else [])
+
+
+def archs(ev: Evaluator, n_random: int = 2) -> dict[str, ArchConfig]:
+    """The largest net with an exit at every block, MSDNet's stage-end layout, ``n_random`` random
+    archs with all exits."""
     space = ev.space
     rng = random.Random(0)
     out = {"largest, every block": space.largest(all_exits=True), "largest, stage ends": stage_exit_arch(space)}
-    for i in range(2):
+    for i in range(n_random):
         out[f"random {i}, every block"] = space.with_all_exits(space.sample(rng), rng)
     return {k: a for k, a in out.items() if a.num_exits >= 2}
 
@@ -144,94 +163,161 @@ def _search(checkpoint: Path, cfg_over: list[str], rule: str, seed: int, trials:
 
 
 def report(rows: dict[str, Any], rules: dict[str, Any] | None, args: argparse.Namespace, env: dict[str, str],
-           train_s: float) -> str:
-    names = list(POLICIES) + ["oracle"]
+           train_s: float | None) -> str:
+    d = DATASETS[args.data]
     lines = [f"_{environment_line(env)}_", "",
-             f"**Reduced CPU recipe: the built-in 8×8 digits (val {args.val_n}, test {args.test_n} images), a "
-             f"small space (channels 8/16/32, depths ≤ 3), {args.epochs:g} epochs ({train_s:.0f} s) — not CIFAR-10.** "
+             f"**Reduced CPU recipe: {d['label']}, val {args.val_n}, test {args.test_n} images; a small space "
+             f"({d['space']}, widths 0.5/1, 5×5 shares 0/0.5, linear heads), {args.epochs:g} epochs "
+             f"({_duration(train_s)}), trained on this machine's CPU; not the headline's GPU supernet.** "
              "Everything is fit on val (thresholds, temperatures, decider weights, the setting chosen per budget); "
              "numbers are test accuracy. Budgets: a grid of 21 from the first exit's val MMACs to the final exit's; "
              "*area* = mean test accuracy over the budgets both the policy and thresholds reach (*reach* of 21; "
              "*thr area* = the threshold policy's over the same budgets); accuracy at 25/50/75% of the range "
              "(— : the policy cannot meet that budget on val); *gap closed* = mean over those budgets of "
              "(policy − threshold)/(oracle − threshold) where the oracle is above; *worst* = the policy's lowest "
-             "(policy − threshold) over them, in points.", "",
+             "(policy − threshold) over them, in points. A policy's own decision MACs are in its costs.", "",
              "| arch (exits) | policy | reach | area | thr area | acc @25% | acc @50% | acc @75% | gap closed "
              "| worst vs thr (pts) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for arch, r in rows.items():
-        s = r["summary"]
-        mm = r["budgets_mmacs"]
-        at_mm = "/".join(f"{mm[int(round(f * (BUDGETS - 1)))]:.3f}" for f in AT)
-        for n in names:
-            at = " | ".join("—" if a is None else f"{a:.4f}" for a in s[n]["at"])
-            gap = "" if n in ("threshold", "oracle") else f"{s[n]['gap_closed']:.0%}"
-            worst = "" if n in ("threshold", "oracle") else f"{100 * s[n]['worst_vs_threshold']:+.2f}"
-            lines.append(f"| {arch} ({r['exits']} exits; {at_mm} MMACs) | {n} | {s[n]['reach']} | {s[n]['area']:.4f} | "
-                         f"{s[n]['threshold_area']:.4f} | {at} | {gap} | {worst} |")
+        lines += _arch_rows(arch, r)
+    lines += _targets(rows, args)
+    if rules:
+        lines += _rules_table(rules, args)
+    return "\n".join(lines)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "trained before this run by `exitnas train` with the same config"
+    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.0f} min"
+
+
+def _arch_rows(arch: str, r: dict[str, Any]) -> list[str]:
+    s, mm = r["summary"], r["budgets_mmacs"]
+    at_mm = "/".join(f"{mm[int(round(f * (BUDGETS - 1)))]:.3f}" for f in AT)
+    out = []
+    for n in list(POLICIES) + ["oracle"]:
+        at = " | ".join("—" if a is None else f"{a:.4f}" for a in s[n]["at"])
+        gap = "" if n in ("threshold", "oracle") else f"{s[n]['gap_closed']:.0%}"
+        worst = "" if n in ("threshold", "oracle") else f"{100 * s[n]['worst_vs_threshold']:+.2f}"
+        out.append(f"| {arch} ({r['exits']} exits; {at_mm} MMACs) | {n} | {s[n]['reach']} | {s[n]['area']:.4f} | "
+                   f"{s[n]['threshold_area']:.4f} | {at} | {gap} | {worst} |")
+    return out
+
+
+def _targets(rows: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The issue's targets, PASS/MISS: gap closed, worst budget, decision cost, batch-1 latency."""
     means = {n: float(np.mean([r["summary"][n]["gap_closed"] for r in rows.values()])) for n in POLICIES
              if n != "threshold"}
     best = max(means, key=lambda n: means[n])
-    verdict = "reaches" if means[best] >= 0.5 else "is short of"
-    lines += ["", "**Reading:** mean gap closed over the archs: " + ", ".join(f"{n} {v:.0%}" for n, v in means.items())
-              + f". The best, {best}, closes {means[best]:.0%} of the threshold→oracle gap: it {verdict} the issue's "
-              f"50%. One test image is {100 / args.test_n:.2f} points; the policies are fit on {args.val_n} val "
-              "images."]
-    if rules:
-        better = "share" if rules["share"]["test_hv"] > rules["threshold"]["test_hv"] else "threshold"
-        lines += [f"Exit rule: mean test HV threshold {rules['threshold']['test_hv']:.4f}, share "
-                  f"{rules['share']['test_hv']:.4f}: {better} is ahead here"
-                  + ("; `threshold` stays the default." if better == "threshold" else ".")]
+    worst = min(r["summary"][best]["worst_vs_threshold"] for r in rows.values())
     first = next(iter(rows.values()))
-    lines += ["", "Decision cost (extra MACs per exit beyond the threshold rule's softmax, estimated): "
-              + ", ".join(f"{n} {m}" for n, m in first["decision_macs"].items())
-              + f"; the cheapest exit costs {first['exit0_mmacs'] * 1e6:,.0f} MACs."]
-    if rules:
-        lines += ["", f"Exit rule as search space: NSGA-II, {args.trials} trials per search, sampler seeds "
-                  f"0…{args.seeds - 1}, same supernet; hypervolume of (1 − accuracy, MMACs) with one reference for "
-                  "all; means over seeds (per seed: val HV / test HV).", "",
-                  "| rule | val HV | test HV of the val front | per seed | front points | distinct costs | "
-                  "all at exit 0 | exits dropped (all trials) | s |", "|---|---|---|---|---|---|---|---|---|"]
-        for rule, r in rules.items():
-            per = ", ".join(f"{x['val_hv']:.4f}/{x['test_hv']:.4f}" for x in r["runs"])
-            lines.append(f"| {rule} | {r['val_hv']:.4f} | {r['test_hv']:.4f} | {per} | {r['front']:.1f} | "
-                         f"{r['front_cost_points']:.1f} | {r['front_all_at_exit0']:.1f} | {r['dropped_exits']:.1f} | "
-                         f"{r['seconds']:.0f} |")
-    return "\n".join(lines)
+    dec = first["decision_macs"]
+    share = max(dec.values()) / (first["exit0_mmacs"] * 1e6)
+    lines = ["", "**Targets** (best policy = the one closing most of the gap, mean over the archs):", "",
+             f"- gap closed ≥ 50%: {best} {means[best]:.0%} — {'PASS' if means[best] >= 0.5 else 'MISS'} "
+             "(all: " + ", ".join(f"{n} {v:.0%}" for n, v in means.items()) + ")",
+             f"- never more than 0.2 points below thresholds: {best}'s worst budget {100 * worst:+.2f} points — "
+             f"{'PASS' if worst >= -0.002 else 'MISS'} (one test image is {100 / args.test_n:.2f} points)",
+             f"- decision cost ≤ 1% of the cheapest exit's MACs: at most {max(dec.values())} MACs per exit ("
+             + ", ".join(f"{n} {m}" for n, m in dec.items()) + f") against {first['exit0_mmacs'] * 1e6:,.0f}: "
+             f"{share:.3%} — {'PASS' if share <= 0.01 else 'MISS'}"]
+    lat = {a: r["latency"] for a, r in rows.items() if r.get("latency")}
+    if lat:
+        worst_ratio = max(v["passing_ratio"] for ls in lat.values() for v in ls.values())
+        lines.append(f"- batch-1 latency with the policy within 5% of thresholds (deployed TorchScript, 1 thread, "
+                     f"every exit passed): worst {worst_ratio - 1:+.1%} — {'PASS' if worst_ratio <= 1.05 else 'MISS'}")
+        lines += ["", "| arch | policy | ms/image, every exit passed | × threshold | ms/image, setting at the 50% "
+                      "budget |", "|---|---|---:|---:|---:|"]
+        for a, ls in lat.items():
+            lines += [f"| {a} | {n} | {v['passing']:.3f} | {v['passing_ratio']:.3f} | {v['chosen']:.3f} |"
+                      for n, v in ls.items()]
+    return lines
+
+
+def _rules_table(rules: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    better = "share" if rules["share"]["test_hv"] > rules["threshold"]["test_hv"] else "threshold"
+    lines = ["", f"Exit rule: mean test HV threshold {rules['threshold']['test_hv']:.4f}, share "
+             f"{rules['share']['test_hv']:.4f}: {better} is ahead here"
+             + ("; `threshold` stays the default." if better == "threshold" else "."), "",
+             f"Exit rule as search space: NSGA-II, {args.trials} trials per search, sampler seeds "
+             f"0…{args.seeds - 1}, same supernet; hypervolume of (1 − accuracy, MMACs) with one reference for "
+             "all; means over seeds (per seed: val HV / test HV).", "",
+             "| rule | val HV | test HV of the val front | per seed | front points | distinct costs | "
+             "all at exit 0 | exits dropped (all trials) | s |", "|---|---|---|---|---|---|---|---|---|"]
+    for rule, r in rules.items():
+        per = ", ".join(f"{x['val_hv']:.4f}/{x['test_hv']:.4f}" for x in r["runs"])
+        lines.append(f"| {rule} | {r['val_hv']:.4f} | {r['test_hv']:.4f} | {per} | {r['front']:.1f} | "
+                     f"{r['front_cost_points']:.1f} | {r['front_all_at_exit0']:.1f} | {r['dropped_exits']:.1f} | "
+                     f"{r['seconds']:.0f} |")
+    return lines
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--epochs", type=float, default=30)
+    ap.add_argument("--data", choices=list(DATASETS), default="digits")
+    ap.add_argument("--data-root", help="the CIFAR-10 JPEG tar (../shared/data/cifar10-jpeg.tar.xz)")
+    ap.add_argument("--epochs", type=float, help="supernet epochs (default: the dataset's recipe)")
+    ap.add_argument("--archs", type=int, default=2, help="random archs besides the two fixed ones")
     ap.add_argument("--trials", type=int, default=100, help="trials per exit-rule search (0: skip that part)")
     ap.add_argument("--seeds", type=int, default=2, help="sampler seeds per exit rule")
-    ap.add_argument("--out", default="runs/bench_policies")
+    ap.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency of the deployed policies")
+    ap.add_argument("--out", help="run folder (default runs/bench_policies-<data>)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
     args = ap.parse_args()
+    args.epochs = DATASETS[args.data]["epochs"] if args.epochs is None else args.epochs
+    if args.data == "cifar10-jpeg" and not args.data_root:
+        ap.error("--data cifar10-jpeg needs --data-root (the CIFAR-10 JPEG tar)")
     torch.set_num_threads(1)
-    out = Path(args.out)
-    over = recipe(args.epochs, out)
+    out = Path(args.out or f"runs/bench_policies-{args.data}")
+    over = recipe(args.data, args.data_root, args.epochs, out)
     cfg = load_config(None, over)
-    t0 = time.perf_counter()
+    trained_here = None
     if not (out / "supernet.pt").is_file():
-        train_supernet(cfg, resume=True)
-    train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        train_supernet(cfg)
+        trained_here = time.perf_counter() - t0
+    train_s = _train_seconds(out, trained_here)
     exp = Experiment(cfg, out / "supernet.pt")
+    rows = measure_archs(exp, args)
+    rules = search_rules(out / "supernet.pt", over, args.trials, args.seeds, out) if args.trials else None
+    (out / "policies.json").write_text(json.dumps({"rows": rows, "rules": rules}, indent=1))
+    page = write_page(rows, out / "policies.html", f"Exit policies on {DATASETS[args.data]['label']} (test)")
+    text = report(rows, rules, args, environment("cpu"), train_s) + f"\n\nPage of curves: `{page}` (not committed)."
+    print(text)
+    if not args.no_write:
+        write_section(HEADING if args.data == "digits" else HEADING.replace("(issue 17)", "on CIFAR-10 (issue 17)"),
+                      text)
+    return 0
+
+
+def measure_archs(exp: Experiment, args: argparse.Namespace) -> dict[str, Any]:
+    """Every policy's budgeted test curve per arch, its summary and (unless ``--no-latency``) its latency."""
     ev = exp.evaluator
     args.val_n, args.test_n = len(exp.splits.val_y), len(exp.splits.test_y)
     rows: dict[str, Any] = {}
-    for name, arch in archs(ev).items():
+    for name, arch in archs(ev, args.archs).items():
         c = ev.caches(arch, ("val", "test"))
         m = measure(c["val"], c["test"])
         rows[name] = {**m, "summary": summarise(m), "exits": arch.num_exits,
                       "exit0_mmacs": float(c["val"].exit_macs()[0]) / 1e6}
+        if not args.no_latency and name in ("largest, every block", "largest, stage ends"):
+            rows[name]["latency"] = policy_latency(ev, arch, c["val"], exp.splits.test_x)
         print(name, json.dumps({n: round(v["area"], 4) for n, v in rows[name]["summary"].items()}), flush=True)
-    rules = search_rules(out / "supernet.pt", over, args.trials, args.seeds, out) if args.trials else None
-    (out / "policies.json").write_text(json.dumps({"rows": rows, "rules": rules}, indent=1))
-    text = report(rows, rules, args, environment("cpu"), train_s)
-    print(text)
-    if not args.no_write:
-        write_section(HEADING, text)
-    return 0
+    return rows
+
+
+def _train_seconds(out: Path, trained_here: float | None) -> float | None:
+    """The supernet's training time: measured in this run (and kept beside it), else as an earlier
+    run of this benchmark kept it; None when it was trained otherwise."""
+    kept = out / "train_seconds.txt"
+    if trained_here is not None:
+        kept.write_text(f"{trained_here:.1f}\n")
+        return trained_here
+    try:
+        return float(kept.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 if __name__ == "__main__":

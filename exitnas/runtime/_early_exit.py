@@ -13,6 +13,7 @@ from typing import Any, List
 import torch
 from torch import Tensor, nn
 
+from exitnas._confidence import confidence
 from exitnas.runtime._deploy import Normalise, channels_last, deploy
 from exitnas.runtime._scores import ExitScorer
 from exitnas.search_space import NoCombine
@@ -54,6 +55,7 @@ class EarlyExitRuntime(nn.Module):
         self.single_loop = plain_exits(net)
         self.policy = policy
         self.scorer = ExitScorer(policy, len(thresholds) + 1, kind, params)
+        self.threshold_list: List[float] = [float(t) for t in thresholds]  # the batch-of-one scalar path
 
     def _run(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.single_loop and x.shape[0] == 1:
@@ -68,16 +70,19 @@ class EarlyExitRuntime(nn.Module):
             out = torch.empty([0])
             exit_k = last
             done = False
-            state = self.scorer.start(1, x)
+            state = self.scorer.start_one()
             # No `break` (TorchScript unrolls loops over ModuleLists and forbids it there).
             for k, step in enumerate(self.net.steps):
                 if not done:
                     x, logits = step(x, x)  # plain exits: the previous exit's logits are unread
                     if k == last:
                         out, done = logits, True
+                    elif self.policy == "threshold":
+                        if bool(confidence(logits, self.kind)[0] >= self.thresholds[k]):
+                            out, exit_k, done = logits, k, True
                     else:
-                        score, state = self.scorer(k, logits, state)
-                        if bool(score[0] >= self.thresholds[k]):
+                        score, state = self.scorer.one(k, logits, state)
+                        if score >= self.threshold_list[k]:
                             out, exit_k, done = logits, k, True
             return out, torch.full([1], exit_k, dtype=torch.long, device=out.device)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Tuple
+from typing import Any, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +64,14 @@ class ExitScorer(nn.Module):
             temps = _tensor(params["temperatures"], (self.num_exits,), "temperatures")
         if policy == "decider" and self.num_exits > 1:
             models = _tensor(params["models"], (self.num_exits - 1, 3 * FEATURES + 1), "decider models")
+        # The batch-of-one form works on Python floats (see ``one``): the standardisation folded
+        # into each exit's weights, z = coef · features + const.
+        sd = models[:, FEATURES : 2 * FEATURES].double()
+        coef = models[:, 2 * FEATURES : 3 * FEATURES].double() / sd
+        const = models[:, 3 * FEATURES].double() - (coef * models[:, :FEATURES].double()).sum(1)
+        self.coef: List[List[float]] = coef.tolist()
+        self.const: List[float] = const.tolist()
+        self.temps: List[float] = temps.double().tolist()
         self.register_buffer("temperatures", temps)
         self.register_buffer("mu", models[:, :FEATURES].contiguous())
         self.register_buffer("sd", models[:, FEATURES : 2 * FEATURES].contiguous())
@@ -76,6 +84,52 @@ class ExitScorer(nn.Module):
         state = torch.zeros(n, 5, device=like.device)  # the _STATE columns
         state[:, 0] = -1.0
         return state
+
+    @torch.jit.export
+    def start_one(self) -> List[float]:
+        """The state before exit 0 of one image, as :meth:`one` takes it."""
+        return [-1.0, 0.0, 0.0, 0.0, 0.0]
+
+    @torch.jit.export
+    def one(self, k: int, logits: Tensor, state: List[float]) -> Tuple[float, List[float]]:
+        """:meth:`forward` for one image (``logits`` 1×C) in Python floats: at batch size 1 a
+        handful of scalar steps costs less than the dozen small tensor ops of the batched form.
+        Not for ``threshold`` (the runtime compares the confidence tensor itself)."""
+        z = torch.jit.annotate(List[float], logits[0].float().tolist())
+        scale = 1.0 / self.temps[k] if self.policy == "temperature" else 1.0
+        top = z[0]
+        pred = 0
+        for i in range(1, len(z)):
+            if z[i] > top:
+                top, pred = z[i], i
+        total = 0.0
+        second = 0.0
+        plogp = 0.0
+        for i in range(len(z)):
+            e = math.exp((z[i] - top) * scale)
+            total += e
+            if i != pred and e > second:
+                second = e
+            plogp += e * (z[i] - top)
+        maxp = 1.0 / total
+        if self.policy == "temperature":
+            return maxp, state
+        run = state[1] + 1.0 if float(pred) == state[0] else 1.0
+        new_state = [float(pred), run, maxp, max(state[3], maxp), state[4] + maxp]
+        if self.policy == "patience":
+            return run / self.num_exits, new_state
+        # Σ p log p = Σ p (z - top) - log Σ e^(z - top); entropy feature 1 - H / log C.
+        ent = 1.0 + (plogp / total - math.log(total)) / math.log(len(z))
+        p_prev = maxp
+        if k > 0:
+            p_prev = math.exp(z[int(state[0])] - top) / total if state[0] >= 0 else 0.0
+        x = [maxp, maxp - second / total, ent, 1.0 if run > 1.0 else 0.0, run / self.num_exits, state[2], state[3],
+             (state[4] + maxp) / (k + 1), p_prev]
+        c = self.coef[k]
+        v = self.const[k]
+        for i in range(len(c)):
+            v += c[i] * x[i]
+        return 1.0 / (1.0 + math.exp(-v)), new_state
 
     def forward(self, k: int, logits: Tensor, state: Tensor) -> Tuple[Tensor, Tensor]:
         if self.policy == "threshold":
