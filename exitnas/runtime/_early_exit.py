@@ -7,6 +7,7 @@ bookkeeping; :func:`deploy_early_exit` is that runtime as ``_deploy.deploy`` mak
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, List
 
@@ -55,7 +56,9 @@ class EarlyExitRuntime(nn.Module):
         self.single_loop = plain_exits(net)
         self.policy = policy
         self.scorer = ExitScorer(policy, len(thresholds) + 1, kind, params)
-        self.threshold_list: List[float] = [float(t) for t in thresholds]  # the batch-of-one scalar path
+        # The batch-of-one scalar path's thresholds, and one never read: TorchScript infers a
+        # list's type from its elements, and a net of one exit has no threshold.
+        self.threshold_list = [float(t) for t in thresholds] + [math.inf]
 
     def _run(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.single_loop and x.shape[0] == 1:

@@ -65,13 +65,14 @@ class ExitScorer(nn.Module):
         if policy == "decider" and self.num_exits > 1:
             models = _tensor(params["models"], (self.num_exits - 1, 3 * FEATURES + 1), "decider models")
         # The batch-of-one form works on Python floats (see ``one``): the standardisation folded
-        # into each exit's weights, z = coef · features + const.
+        # into each exit's weights, z = coef · features + const (never empty lists: TorchScript
+        # infers their types from their elements).
         sd = models[:, FEATURES : 2 * FEATURES].double()
         coef = models[:, 2 * FEATURES : 3 * FEATURES].double() / sd
         const = models[:, 3 * FEATURES].double() - (coef * models[:, :FEATURES].double()).sum(1)
-        self.coef: List[List[float]] = coef.tolist()
-        self.const: List[float] = const.tolist()
-        self.temps: List[float] = temps.double().tolist()
+        self.coef = coef.tolist()
+        self.const = const.tolist()
+        self.temps = temps.double().tolist()
         self.register_buffer("temperatures", temps)
         self.register_buffer("mu", models[:, :FEATURES].contiguous())
         self.register_buffer("sd", models[:, FEATURES : 2 * FEATURES].contiguous())

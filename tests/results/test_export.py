@@ -22,6 +22,8 @@ from exitnas.training import load_checkpoint, load_supernet
 def exported(searched, tmp_path_factory):  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("export")
     study, trial = load_trial(searched.storage, searched.study, None)
+    # Module fixtures run before the autouse one-thread fixture: the count the tests see, set here.
+    torch.set_num_threads(1)
     r = export_trial(searched.storage, searched.study, trial.number, out, str(searched.checkpoint))
     return r, trial
 
