@@ -127,6 +127,15 @@ def run_paths(r: Runner) -> None:
                 % (str(export), str(export / "model.torchscript.pt")))
         r.python("export-loads-on-cpu", code, env={"CUDA_VISIBLE_DEVICES": ""})
         r.cli("retrain", "retrain", str(export / "arch.json"), "--epochs", "0.5", "--out", str(r.out / "retrained"))
+    # An exit policy searched on the GPU, exported, and run by the exported model on a CPU-only process.
+    dec = r.search("rule-decider", plain, "--set", "search.exit_rule=decider", *dev)
+    dexp = r.out / "export-decider"
+    if r.cli("export-decider", "export", "--storage", dec, "--study", "rule-decider", "--out", str(dexp)):
+        code = ("import torch; from exitnas.results import load_export; m, meta = load_export(%r); "
+                "assert meta['policy'] == 'decider'; x = torch.rand(2, *meta['input']['shape']); print(m(x)); "
+                "ts = torch.jit.load(%r, map_location='cpu'); print(ts(x[:1]))"
+                % (str(dexp), str(dexp / "model.torchscript.pt")))
+        r.python("export-decider-loads-on-cpu", code, env={"CUDA_VISIBLE_DEVICES": ""})
     lut = r.out / "lut.json"
     if r.cli("profile", "profile", *TINY, "--device", r.device, "--out", str(lut), "--repeats", "5"):
         r.search("latency", plain, "--objective", "latency", "--latency-table", str(lut), *dev)

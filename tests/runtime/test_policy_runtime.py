@@ -4,6 +4,8 @@ scripted and frozen."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,25 @@ def test_the_graphed_steps_carry_the_policy_state(net, name: str) -> None:  # ty
         torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=1e-5)
         exits.append(k)
     assert len(set(exits)) > 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", DEPLOYED_POLICIES)
+def test_cuda_graphs_run_every_policy(net, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Recorded CUDA graphs, the policy's state in their buffers, leave where the TorchScript
+    runtime does on the same GPU (images away from a threshold: TF32 may move a score a hair)."""
+    params, scores, x, _ = _fitted(name, net)
+    thr = np.full(K - 1, 1.5 / K) if name == "patience" else np.median(scores, axis=1)
+    cuda = copy.deepcopy(net).cuda()
+    rt = EarlyExitRuntime(cuda, thr.tolist(), "maxprob", name, params).eval().cuda()
+    graphed = GraphedEarlyExit(cuda, thr.tolist(), (3, 16, 16), policy=name, params=params, graphs=True)
+    assert len(graphed.recorded) == K
+    close = (np.abs(scores - thr[:, None]) < 1e-3).any(0)
+    checked = 0
+    for n in np.flatnonzero(~close)[:40]:
+        xn = x[n : n + 1].cuda()
+        _, want_exit = rt._run(xn)
+        _, k = graphed(xn)
+        assert k == int(want_exit)
+        checked += 1
+    assert checked >= 20
