@@ -12,7 +12,19 @@ import torch
 
 from exitnas._errors import UserError
 from exitnas._io import atomic_write_bytes
-from exitnas.evaluators import CurvePoint, ExitCache, ExitPolicy, anytime, budgeted_batch, oracle
+from exitnas.evaluators import (
+    POLICIES,
+    CurvePoint,
+    ExitCache,
+    ExitPolicy,
+    accuracy_at,
+    anytime,
+    budgeted_batch,
+    budgeted_oracle,
+    fit_policy,
+    oracle,
+    policy_curve,
+)
 from exitnas.experiment import Experiment
 from exitnas.search_space import ArchConfig, SearchSpace
 
@@ -63,6 +75,8 @@ def evaluate_arch(exp: Experiment, arch: ArchConfig, thresholds: np.ndarray | No
     _print_budgeted_batch(budgeted_batch_points)
     orc = result["oracle_test"]
     print(f"oracle (test): accuracy {orc['accuracy']:.4f} at {orc['macs'] / 1e6:.3f} MMACs")
+    if arch.num_exits > 1:
+        result.update(_policies(val, test))
     if thresholds is not None:
         result.update(_with_thresholds(thresholds, caches))
     atomic_write_bytes(out, json.dumps(result, indent=1, default=_jsonable).encode())
@@ -83,6 +97,29 @@ def _print_budgeted_batch(points: list[CurvePoint]) -> None:
     print(f"{'p':>6} {'MMACs':>9} {'test acc':>8}  test samples per exit")
     for p in sorted(points, key=lambda p: p.macs):
         print(f"{p.param:>6.3g} {p.macs / 1e6:>9.3f} {p.accuracy:>8.4f}  {' '.join(map(str, p.histogram))}")
+
+
+#: The budgets ``exitnas evaluate`` prints the policies at: shares of the first→final exit range.
+POLICY_BUDGETS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _policies(val: ExitCache, test: ExitCache) -> dict[str, Any]:
+    """Every exit policy's budgeted test curve (fit on val, the setting per budget chosen on val)
+    beside the budgeted oracle; printed at :data:`POLICY_BUDGETS`."""
+    lo, hi = float(val.exit_macs()[0]), float(val.exit_macs()[-1])
+    budgets = [lo + f * (hi - lo) for f in POLICY_BUDGETS]
+    ceiling = budgeted_oracle(test)
+    rows: dict[str, list[float | None]] = {}
+    for name in POLICIES:
+        fitted = fit_policy(name, val)
+        rows[name] = [None if p is None else p.accuracy for p in fitted.budget_curve(fitted.apply(test), budgets)]
+    print("exit policies on test (fit on val; at each val budget the setting chosen on val; - : none fits):")
+    print(f"{'MMACs':>9} " + " ".join(f"{n:>11}" for n in rows) + f" {'oracle':>11}")
+    for i, b in enumerate(budgets):
+        cells = [rows[n][i] for n in rows] + [accuracy_at(ceiling, b)]
+        print(f"{b / 1e6:>9.3f} " + " ".join(f"{'-' if a is None else f'{a:.4f}':>11}" for a in cells))
+    return {"policies_test": {n: [asdict(p) for p in policy_curve(n, val, test)] for n in POLICIES},
+            "budgeted_oracle_test": [asdict(p) for p in ceiling]}
 
 
 def _with_thresholds(thresholds: np.ndarray, caches: dict[str, ExitCache]) -> dict[str, Any]:

@@ -72,6 +72,12 @@ def test_largest_prints_table_and_writes_json(checkpoint: Path, tmp_path: Path,
     t = result["thresholds_test"]
     assert t["thresholds"] == [0.5, 0.6, 0.7]
     assert sum(t["histogram"]) == sum(result["oracle_test"]["histogram"]) > 0  # every test sample
+    # Every exit policy on test, at five val budgets, beside the budgeted oracle.
+    pol = next(i for i, line in enumerate(lines) if line.startswith("exit policies on test (fit on val;"))
+    assert set(lines[pol + 1].split()) == {"MMACs", "threshold", "temperature", "patience", "decider", "oracle"}
+    assert all(len(line.split()) == 6 for line in lines[pol + 2 : pol + 7])
+    assert set(result["policies_test"]) == {"threshold", "temperature", "patience", "decider"}
+    assert result["budgeted_oracle_test"][-1]["accuracy"] == pytest.approx(result["oracle_test"]["accuracy"])
 
 
 def test_smallest_and_arch_file_default_out(checkpoint: Path, tmp_path: Path,
