@@ -23,11 +23,13 @@ def test_a_tiny_run_measures_every_policy_and_writes_its_page(tmp_path: Path) ->
     rows = json.loads((out / "policies.json").read_text())["rows"]
     assert len(rows) == 3  # the two fixed archs and one random
     for row in rows.values():
-        assert set(row["accuracy"]) == {"threshold", "temperature", "patience", "decider", "oracle"}
+        assert set(row["accuracy"]) == {"threshold", "temperature", "patience", "decider", "oracle",
+                                        "decider fit on test (in-sample ceiling)"}
         assert len(row["budgets_mmacs"]) == 21
     assert {n for r in rows.values() if "latency" in r for n in r["latency"]} == {"threshold", "temperature",
                                                                                   "patience", "decider"}
-    for line in ("gap closed ≥ 50%", "decision cost ≤ 1%", "batch-1 latency with the policy within 5%"):
+    for line in ("gap closed ≥ 50%", "in-sample ceiling of its features", "decision cost ≤ 1%",
+                 "batch-1 latency with the policy within 5%"):
         assert line in proc.stdout
     assert (out / "policies.html").stat().st_size > 100_000  # plotly.js inlined: opens offline
     assert (ROOT / "benchmarks" / "RESULTS.md").read_text() == results
