@@ -119,26 +119,29 @@ def run_paths(r: Runner) -> None:
     r.cli("evaluate", "evaluate", "--storage", url, "--arch", "largest", "--thresholds", "0.5,0.6,0.7",
           "--out", str(r.out / "evaluate.json"))
     r.cli("report", "report", "--storage", url, "--out", str(r.out / "report"), "--no-artifacts")
-    export = r.out / "export"
-    if r.cli("export", "export", "--storage", url, "--study", "conf-entropy", "--out", str(export)):
-        code = ("import torch; from exitnas.results import load_export; m, meta = load_export(%r); "
-                "x = torch.rand(2, *meta['input']['shape']); print(m(x)); "
-                "ts = torch.jit.load(%r, map_location='cpu'); print(ts(x[:1]))"
-                % (str(export), str(export / "model.torchscript.pt")))
-        r.python("export-loads-on-cpu", code, env={"CUDA_VISIBLE_DEVICES": ""})
+    export = _export_on_cpu(r, "export", url, "conf-entropy", "threshold")
+    if export is not None:
         r.cli("retrain", "retrain", str(export / "arch.json"), "--epochs", "0.5", "--out", str(r.out / "retrained"))
     # An exit policy searched on the GPU, exported, and run by the exported model on a CPU-only process.
     dec = r.search("rule-decider", plain, "--set", "search.exit_rule=decider", *dev)
-    dexp = r.out / "export-decider"
-    if r.cli("export-decider", "export", "--storage", dec, "--study", "rule-decider", "--out", str(dexp)):
-        code = ("import torch; from exitnas.results import load_export; m, meta = load_export(%r); "
-                "assert meta['policy'] == 'decider'; x = torch.rand(2, *meta['input']['shape']); print(m(x)); "
-                "ts = torch.jit.load(%r, map_location='cpu'); print(ts(x[:1]))"
-                % (str(dexp), str(dexp / "model.torchscript.pt")))
-        r.python("export-decider-loads-on-cpu", code, env={"CUDA_VISIBLE_DEVICES": ""})
+    _export_on_cpu(r, "export-decider", dec, "rule-decider", "decider")
     lut = r.out / "lut.json"
     if r.cli("profile", "profile", *TINY, "--device", r.device, "--out", str(lut), "--repeats", "5"):
         r.search("latency", plain, "--objective", "latency", "--latency-table", str(lut), *dev)
+
+
+def _export_on_cpu(r: Runner, name: str, url: str, study: str, policy: str) -> Path | None:
+    """Export a study's chosen trial (check ``name``), then load it and run the exported model and
+    its TorchScript file on a CPU-only process (``name``-loads-on-cpu); the folder, if exported."""
+    out = r.out / name
+    if not r.cli(name, "export", "--storage", url, "--study", study, "--out", str(out)):
+        return None
+    code = ("import torch; from exitnas.results import load_export; m, meta = load_export(%r); "
+            "assert meta.get('policy', 'threshold') == %r; x = torch.rand(2, *meta['input']['shape']); print(m(x)); "
+            "ts = torch.jit.load(%r, map_location='cpu'); print(ts(x[:1]))"
+            % (str(out), policy, str(out / "model.torchscript.pt")))
+    r.python(f"{name}-loads-on-cpu", code, env={"CUDA_VISIBLE_DEVICES": ""})
+    return out
 
 
 def run_gpu_tests(r: Runner) -> None:
