@@ -130,6 +130,7 @@ class ExitScorer(nn.Module):
         v = self.const[k]
         for i in range(len(c)):
             v += c[i] * x[i]
+        v = min(max(v, -60.0), 60.0)  # math.exp overflows past 709 in Python; sigmoid(±60) is 0 or 1 to 1e-26
         return 1.0 / (1.0 + math.exp(-v)), new_state
 
     def forward(self, k: int, logits: Tensor, state: Tensor) -> Tuple[Tensor, Tensor]:

@@ -142,3 +142,11 @@ def test_cuda_graphs_run_every_policy(net, name: str) -> None:  # type: ignore[n
         assert k == int(want_exit)
         checked += 1
     assert checked >= 20
+
+
+def test_extreme_decider_weights_give_a_score_not_an_overflow() -> None:
+    for sign in (1.0, -1.0):
+        model = [0.0] * 9 + [1.0] * 9 + [sign * 1e4] * 9 + [0.0]
+        scorer = ExitScorer("decider", 2, params={"models": [model]})
+        score, _ = scorer.one(0, torch.tensor([[5.0, 0.0, -5.0]]), scorer.start_one())
+        assert 0.0 <= score <= 1.0 and (score > 0.5) == (sign > 0)
