@@ -121,7 +121,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 @pytest.mark.parametrize("damage", ["bad-json", "hand-edited-arch", "weights-corrupted", "weights-missing",
-                                    "thresholds-out-of-range"])
+                                    "thresholds-out-of-range", "policy-unknown", "policy-params-malformed"])
 def test_damaged_export_is_refused_with_one_line(exported, tmp_path: Path, damage: str) -> None:  # type: ignore[no-untyped-def]
     r, _ = exported
     d = _copy(r.directory, tmp_path / "copy")
@@ -138,6 +138,10 @@ def test_damaged_export_is_refused_with_one_line(exported, tmp_path: Path, damag
         (d / "weights.safetensors").write_bytes(bytes(blob))
     elif damage == "weights-missing":
         (d / "weights.safetensors").unlink()
+    elif damage.startswith("policy"):
+        params = {"models": [[1.0, 2.0]]} if damage == "policy-params-malformed" else {}
+        meta.update(format=2, policy="decider" if params else "oracle", params=params)
+        meta_path.write_text(json.dumps(meta))
     else:
         meta["thresholds"] = [1.5] * len(meta["thresholds"]) or [1.5]
         meta_path.write_text(json.dumps(meta))
