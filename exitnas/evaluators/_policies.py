@@ -422,8 +422,8 @@ def candidate_result(cand: Candidate, cache: ExitCache, costs: np.ndarray | None
 CURVE_BUDGETS = 21
 
 
-def policy_curve(name: str, val: ExitCache, test: ExitCache,
-                 budgets: np.ndarray | list[float] | None = None) -> list[CurvePoint]:
+def policy_curve(name: str, val: ExitCache, test: ExitCache, budgets: np.ndarray | list[float] | None = None,
+                 fitted: FittedPolicy | None = None) -> list[CurvePoint]:
     """Policy ``name`` fit on ``val``; at each budget, the setting chosen on val (most accurate
     within it) measured on ``test``: the policy's budgeted curve, in MACs. Budgets no setting
     meets on val are left out; so are repeats of one setting. Empty for a single-exit arch.
@@ -433,10 +433,11 @@ def policy_curve(name: str, val: ExitCache, test: ExitCache,
         val, test: The arch's exit caches (with logits).
         budgets: Expected-MACs budgets on val (default :data:`CURVE_BUDGETS` evenly from the
             first exit's val MACs to the final exit's).
+        fitted: The policy already fit on ``val`` (default: fit here).
     """
     if val.num_exits < 2:
         return []
-    fitted = fit_policy(name, val)
+    fitted = fitted or fit_policy(name, val)
     lo, hi = float(val.exit_macs()[0]), float(val.exit_macs()[-1])
     grid = np.linspace(lo, hi, CURVE_BUDGETS) if budgets is None else np.asarray(budgets, dtype=np.float64)
     out: list[CurvePoint] = []

@@ -110,15 +110,17 @@ def _policies(val: ExitCache, test: ExitCache) -> dict[str, Any]:
     budgets = [lo + f * (hi - lo) for f in POLICY_BUDGETS]
     ceiling = budgeted_oracle(test)
     rows: dict[str, list[float | None]] = {}
+    curves: dict[str, list[CurvePoint]] = {}
     for name in POLICIES:
-        fitted = fit_policy(name, val)
+        fitted = fit_policy(name, val)  # once per policy: its printed points and its whole curve
         rows[name] = [None if p is None else p.accuracy for p in fitted.budget_curve(fitted.apply(test), budgets)]
+        curves[name] = policy_curve(name, val, test, fitted=fitted)
     print("exit policies on test (fit on val; at each val budget the setting chosen on val; - : none fits):")
     print(f"{'MMACs':>9} " + " ".join(f"{n:>11}" for n in rows) + f" {'oracle':>11}")
     for i, b in enumerate(budgets):
         cells = [rows[n][i] for n in rows] + [accuracy_at(ceiling, b)]
         print(f"{b / 1e6:>9.3f} " + " ".join(f"{'-' if a is None else f'{a:.4f}':>11}" for a in cells))
-    return {"policies_test": {n: [asdict(p) for p in policy_curve(n, val, test)] for n in POLICIES},
+    return {"policies_test": {n: [asdict(p) for p in pts] for n, pts in curves.items()},
             "budgeted_oracle_test": [asdict(p) for p in ceiling]}
 
 

@@ -25,10 +25,6 @@ __all__ = ["DEPLOYED_POLICIES", "FEATURES", "ExitScorer"]
 DEPLOYED_POLICIES = ("threshold", "temperature", "patience", "decider")
 #: Features of the learned decider (``evaluators.exit_features``), in that order.
 FEATURES = 9
-#: Columns of the state carried from exit to exit: the previous exit's class (−1 before the
-#: first), the run of equal classes ending there, its max probability, the highest max
-#: probability so far, and their sum.
-_STATE = 5
 
 
 class ExitScorer(nn.Module):
@@ -81,8 +77,10 @@ class ExitScorer(nn.Module):
 
     @torch.jit.export
     def start(self, n: int, like: Tensor) -> Tensor:
-        """The state before exit 0 of ``n`` images (on ``like``'s device)."""
-        state = torch.zeros(n, 5, device=like.device)  # the _STATE columns
+        """The state before exit 0 of ``n`` images (on ``like``'s device). Its 5 columns, carried
+        from exit to exit: the previous exit's class (−1 before the first), the run of equal
+        classes ending there, its max probability, the highest max probability so far, and their sum."""
+        state = torch.zeros(n, 5, device=like.device)
         state[:, 0] = -1.0
         return state
 
