@@ -13,10 +13,9 @@ import socket
 import numpy as np
 import optuna
 
-from exitnas._trial_codec import suggest_arch, write_candidate
+from exitnas._trial_codec import suggest_arch, trial_policy, write_candidate
 from exitnas.evaluators import (
     EXIT_RULES,
-    POLICY_RULES,
     Evaluator,
     ExitCache,
     LatencyTable,
@@ -41,7 +40,8 @@ class ArchObjective:
         budget_mmacs: A constraint on expected MMACs (val), if any.
         latency: A latency table: the second objective is then expected ms.
         worker: Tag of this worker on its trials (default ``host:pid``).
-        exit_rule: ``threshold``, ``share``, ``bof`` or a policy's rule (``search.exit_rule``).
+        exit_rule: ``threshold``, ``share``, ``bof``, a policy's rule, or ``policy`` (the policy
+            searched per trial) (``search.exit_rule``).
     """
 
     def __init__(self, evaluator: Evaluator, budget_mmacs: float | None = None,
@@ -85,7 +85,7 @@ class ArchObjective:
     def _decide(self, trial: optuna.Trial) -> Candidate:
         """The trial's candidate (arch, thresholds, policy) under the study's exit rule, not yet measured."""
         arch, thresholds = suggest_arch(trial, self.space, self.exit_rule)
-        policy, params = "threshold", {}
+        policy, params = trial_policy(trial.params, self.exit_rule), {}
         if self.exit_rule == "bof":
             caches = self.evaluator.caches(arch, ("train", "val"))
             thresholds = bof_thresholds(caches["train"], trial.params["beta"])
@@ -98,8 +98,7 @@ class ArchObjective:
                 # arch, measured on its own cache (an exit combiner may make its outputs differ).
                 trial.set_user_attr("dropped_exits", [list(p) for p, k in zip(arch.exits, keep) if not k])
                 arch, thresholds = drop_exits(arch, keep), thresholds[keep[:-1]]
-        elif self.exit_rule in POLICY_RULES:
-            policy = self.exit_rule
+        elif policy != "threshold":
             thresholds, params = fit_searched(policy, thresholds, self.evaluator.cache(arch, "val"))
         return Candidate(arch, tuple(float(t) for t in thresholds), self.evaluator.kind, self.exit_rule, None,
                          policy, params)

@@ -15,10 +15,10 @@ import numpy as np
 import optuna
 
 from exitnas._errors import UserError
-from exitnas.evaluators import BOF_BETA_RANGE, EXIT_RULES, POLICY_RULES
+from exitnas.evaluators import BOF_BETA_RANGE, EXIT_RULES, POLICY_RULES, SEARCHED_POLICIES
 from exitnas.search_space import ArchConfig, Candidate, Measured, SearchSpace
 
-__all__ = ["CANDIDATE_ATTR", "decode_trial", "suggest_arch", "write_candidate"]
+__all__ = ["CANDIDATE_ATTR", "decode_trial", "suggest_arch", "trial_policy", "write_candidate"]
 
 #: The trial user attribute that holds :meth:`Candidate.to_dict`.
 CANDIDATE_ATTR = "candidate"
@@ -40,7 +40,10 @@ def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace,
     the study's choice, so the space stays static within a study: ``temperature`` a threshold
     per exit on calibrated confidence (``thr_{s}_{b}``), ``patience`` one ``patience`` k,
     ``decider`` one ``tau``; the returned array holds them as
-    :func:`~exitnas.evaluators.fit_searched` reads them.
+    :func:`~exitnas.evaluators.fit_searched` reads them. The ``policy`` rule searches the policy
+    too: every trial suggests a ``policy`` (:data:`~exitnas.evaluators.SEARCHED_POLICIES`) and
+    every policy's parameters (``thr_{s}_{b}``, ``patience``, ``tau``: a static space), and the
+    returned array holds the chosen policy's (:func:`trial_policy` names it).
     """
     EXIT_RULES.get(exit_rule)
     depths = [trial.suggest_categorical(f"depth_{s}", list(space.depth_choices)) for s in range(space.num_stages)]
@@ -50,18 +53,31 @@ def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace,
         ratios[s, b] = trial.suggest_categorical(f"ratio_{s}_{b}", list(space.ratio_choices))
         on[s, b] = trial.suggest_categorical(f"exit_{s}_{b}", [0, 1])
         heads[s, b] = trial.suggest_categorical(f"head_{s}_{b}", list(space.head_choices))
-        if exit_rule in ("threshold", "share", "temperature"):
+        if exit_rule in ("threshold", "share", "temperature", "policy"):
             name = "share" if exit_rule == "share" else "thr"
             thr[s, b] = trial.suggest_float(f"{name}_{s}_{b}", 0.0, 1.0)
-    if exit_rule in _ONE_PARAMETER:
-        value = _ONE_PARAMETER[exit_rule](trial, space)
-        thr = {p: value for p in space.candidate_exits()}
+    one = exit_rule
+    if exit_rule == "policy":
+        one = trial.suggest_categorical("policy", list(SEARCHED_POLICIES))
+        values = {rule: _ONE_PARAMETER[rule](trial, space) for rule in ("patience", "decider")}
+        if one in values:
+            thr = {p: values[one] for p in space.candidate_exits()}
+    elif exit_rule in _ONE_PARAMETER:
+        thr = {p: _ONE_PARAMETER[exit_rule](trial, space) for p in space.candidate_exits()}
     blocks = [(s, b) for s in range(space.num_stages) for b in range(depths[s])]
     exits = [p for p in blocks[:-1] if on[p]] + [blocks[-1]]
     arch = ArchConfig(space.name, tuple(depths), tuple(float(w) for w in widths),
                       tuple(tuple(float(ratios[s, b]) for b in range(depths[s])) for s in range(space.num_stages)),
                       tuple(exits), tuple(heads[p] for p in exits))
     return space.validate(arch), np.array([thr[p] for p in exits[:-1]], dtype=np.float64)
+
+
+def trial_policy(params: dict[str, Any], exit_rule: str) -> str:
+    """The exit policy a trial's candidate runs: the study's rule's, or under the ``policy``
+    rule the trial's own ``policy`` parameter."""
+    if exit_rule == "policy":
+        return str(params["policy"])
+    return exit_rule if exit_rule in POLICY_RULES else "threshold"
 
 
 #: Rules that search one parameter for all exits: its suggestion.
@@ -107,7 +123,7 @@ def decode_trial(number: int, params: dict[str, Any], user_attrs: dict[str, Any]
     if exit_rule != "threshold":
         thr = np.asarray(stored.get("thresholds", user_attrs.get("thresholds", [])), dtype=np.float64)
     confidence = str(stored.get("confidence", confidence))
-    policy = exit_rule if exit_rule in POLICY_RULES else "threshold"
+    policy = trial_policy(params, exit_rule)
     return Candidate(arch, tuple(float(t) for t in thr), confidence, exit_rule, measured, policy,
                      dict(stored.get("params") or {}))
 

@@ -19,8 +19,8 @@ from exitnas.evaluators._cache import ExitCache
 from exitnas.evaluators._policy import ExitPolicy
 from exitnas.search_space import ArchConfig
 
-__all__ = ["BOF_BETA_RANGE", "EXIT_RULES", "POLICY_RULES", "bof_thresholds", "drop_exits", "fit_bof_beta",
-           "leaving_exits", "share_thresholds"]
+__all__ = ["BOF_BETA_RANGE", "EXIT_RULES", "POLICY_RULES", "SEARCHED_POLICIES", "bof_thresholds", "drop_exits",
+           "fit_bof_beta", "leaving_exits", "share_thresholds"]
 
 #: Exit rules by name (``search.exit_rule``): what a trial suggests for the exits' thresholds.
 EXIT_RULES: Registry[str] = Registry("exit rule")
@@ -33,8 +33,12 @@ EXIT_RULES.register("temperature", "temperature-calibrated max-softmax (fit on v
                                    "searched")("temperature")
 EXIT_RULES.register("patience", "leave when the last k exits agree (PABEE); k searched")("patience")
 EXIT_RULES.register("decider", "a logistic decider per exit fit on val; its probability threshold searched")("decider")
+EXIT_RULES.register("policy", "the exit policy searched per trial with the arch (threshold, temperature, patience "
+                              "or decider), and its parameters")("policy")
 #: The exit rules that search an exit policy's parameter (the candidate's ``policy`` is the rule's name).
 POLICY_RULES = ("temperature", "patience", "decider")
+#: The policies the ``policy`` rule chooses among, per trial.
+SEARCHED_POLICIES = ("threshold", *POLICY_RULES)
 #: The searched range of the bag-of-features rule's beta.
 BOF_BETA_RANGE = (0.5, 1.5)
 

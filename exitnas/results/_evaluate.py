@@ -139,6 +139,7 @@ class TestPoint:
         test_histogram: Test samples leaving at each exit.
         exit_mmacs: Cumulative MMACs of leaving at each exit.
         on_front: Whether the trial is on the Pareto front.
+        policy: The exit policy its thresholds apply to (``evaluators.POLICIES``).
     """
 
     __test__ = False  # not a pytest class
@@ -154,6 +155,7 @@ class TestPoint:
     test_histogram: tuple[int, ...]
     exit_mmacs: tuple[float, ...]
     on_front: bool
+    policy: str = "threshold"
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -175,7 +177,8 @@ def get_test_info(front: FrontInfo, evaluator: Evaluator, trials: list[int]) -> 
         out.append(TestPoint(n, arch, tuple(float(v) for v in thr), rec.accuracy, rec.cost,
                              float(val.accuracy[0]), float(test.accuracy[0]), float(test.expected_cost[0]) * scale,
                              tuple(int(v) for v in test.histogram[0]),
-                             tuple(float(m) / 1e6 for m in caches["test"].exit_macs()), n in front.pareto))
+                             tuple(float(m) / 1e6 for m in caches["test"].exit_macs()), n in front.pareto,
+                             cand.policy))
     return out
 
 

@@ -52,7 +52,7 @@ def plot_front(front: FrontInfo, tests: Sequence[TestPoint], curves: CurvesInfo 
     fig.add_trace(go.Scatter(
         x=[p.test_cost for p in tests], y=[p.test_accuracy for p in tests], mode="markers",
         marker={"symbol": "diamond", "size": 9}, name="same thresholds (test)",
-        text=[f"trial {p.trial}" for p in tests], hovertemplate=hover))
+        text=[f"trial {p.trial} ({p.policy})" for p in tests], hovertemplate=hover))
     if curves is not None and unit == "MMACs":
         fig.add_trace(_curve([curves.static], "largest subnet, final exit (test)", mode="markers",
                              marker={"symbol": "star", "size": 12}))

@@ -226,7 +226,8 @@ def _table(tests: tuple[ev.TestPoint, ...], chosen: int, unit: str) -> str:
     groups: dict[tuple[float, float, float, float], list[ev.TestPoint]] = {}
     for p in sorted(tests, key=lambda p: p.trial != chosen):  # the chosen trial leads its group
         groups.setdefault((p.val_accuracy, p.val_cost, p.test_accuracy, p.test_cost), []).append(p)
-    head = ("trial", "val acc", "test acc", f"val {unit}", f"test {unit}", "exits", "test exit histogram")
+    head = ("trial", "val acc", "test acc", f"val {unit}", f"test {unit}", "exits", "exit policy",
+            "test exit histogram")
     rows = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for group in sorted(groups.values(), key=lambda g: (g[0].val_cost, g[0].trial)):
         p = group[0]
@@ -235,7 +236,7 @@ def _table(tests: tuple[ev.TestPoint, ...], chosen: int, unit: str) -> str:
         same = f" (+{len(group) - 1}: {', '.join(str(q.trial) for q in group[1:])})" if len(group) > 1 else ""
         exits = " ".join(f"({s},{b})" for s, b in p.arch.exits)
         cells = (f"{p.trial}{mark}{same}", f"{p.val_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{p.val_cost:.3f}",
-                 f"{p.test_cost:.3f}", f"{p.arch.num_exits}: {exits}", " ".join(map(str, p.test_histogram)))
+                 f"{p.test_cost:.3f}", f"{p.arch.num_exits}: {exits}", p.policy, " ".join(map(str, p.test_histogram)))
         rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     rows.append("</table>")
     rows.append(f"<p class=\"note\">{html.escape(TABLE_LEGEND)}</p>")

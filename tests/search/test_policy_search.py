@@ -3,6 +3,7 @@ what the trial stores reproduces its objectives, and an export of a trial runs i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -116,3 +117,45 @@ def _policy_exits(cand: Candidate, cache: Any) -> np.ndarray:
     scores = POLICIES.get(cand.policy)().load(cand.params).scores(cache)
     passed = scores >= np.asarray(cand.thresholds)[:, None]
     return np.where(passed.any(0), passed.argmax(0), cache.num_exits - 1)
+
+
+def test_the_policy_rule_searches_the_policy_per_trial_and_each_trial_runs_its_own(
+        trained: Any, make_cfg: Callable[..., Any], tmp_path: Path) -> None:
+    exp, study, url = _search(make_cfg, trained, tmp_path, "policy", n=24)
+    chosen = set()
+    for t in study.get_trials():
+        # A static space: every trial suggests the policy and every policy's parameters.
+        assert {"policy", "patience", "tau"} <= set(t.params) and any(n.startswith("thr_") for n in t.params)
+        cand = Candidate.from_dict(t.user_attrs[CANDIDATE_ATTR])
+        assert cand.exit_rule == "policy" and cand.policy == t.params["policy"]
+        chosen.add(cand.policy)
+        res = candidate_result(cand, exp.evaluator.cache(cand.arch, "val"))
+        assert float(res.accuracy[0]) == t.values[0]
+        assert float(res.expected_cost[0]) / 1e6 == pytest.approx(t.values[1], rel=1e-12)
+        if cand.arch.num_exits > 1 and cand.policy == "threshold":  # searched as they are, one per exit
+            assert np.allclose(cand.thresholds, [t.params[f"thr_{s}_{b}"] for s, b in cand.arch.exits[:-1]])
+        if cand.arch.num_exits > 1 and cand.policy == "decider":
+            assert cand.params["tau"] == t.params["tau"]
+    assert chosen == {"threshold", "temperature", "patience", "decider"}  # 24 random trials draw every policy
+    learned = [t for t in study.get_trials() if t.params["policy"] == "decider" and len(t.user_attrs["thresholds"])]
+    assert learned, "no decider trial with two exits: the export check would mean nothing"
+    res = export_trial(url, "test", learned[0].number, tmp_path / "out", onnx=False)  # a mixed study's decider trial
+    _, meta = load_export(res.directory)
+    assert meta["policy"] == "decider" and meta["params"]["tau"] == learned[0].params["tau"]
+
+
+def test_a_mixed_policy_study_reports_each_trial_under_its_own_policy(
+        trained: Any, make_cfg: Callable[..., Any], tmp_path: Path) -> None:
+    from exitnas.results import build_report
+
+    exp, study, url = _search(make_cfg, trained, tmp_path, "policy", n=16)
+    rep = build_report(url, None, trained.checkpoint, tmp_path / "report", upload=False)
+    by_trial = {t.number: t for t in study.get_trials()}
+    assert len({p.policy for p in rep.tests}) >= 2, "the reported trials run one policy: the check means little"
+    for p in rep.tests:
+        t = by_trial[p.trial]
+        assert p.policy == t.params["policy"]
+        assert p.val_accuracy_rerun == t.values[0]  # the policy measured again gives the stored value
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert [q["policy"] for q in summary["points"]] == [p.policy for p in rep.tests]
+    assert "<th>exit policy</th>" in (tmp_path / "report" / "report.html").read_text()
