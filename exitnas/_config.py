@@ -278,8 +278,8 @@ FIELD_DOCS: dict[str, str] = {
     "search.seed": "sampler seed",
     "search.recal_images": "training images each subnet's BatchNorm is recalibrated on",
     "search.confidence": "maxprob | entropy: an exit's confidence",
-    "search.exit_rule": "threshold | share | bof | temperature | patience | decider | policy: how a trial "
-                        "decides where images leave (policy: the exit policy searched per trial)",
+    "search.exit_rule": "threshold | share | bof | temperature | patience | decider | ensemble | policy: "
+                        "how a trial decides where images leave (policy: the exit policy searched per trial)",
     "search.cache_dir": "folder for exit caches shared between runs (empty: none)",
     "search.checkpoint": "supernet to search (empty: <train.out>/supernet.pt)",
     "search.progress": "show a progress bar",

@@ -37,9 +37,9 @@ def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace,
     ``share`` rule it suggests a ``share_{s}_{b}`` per candidate exit and returns the shares
     (:func:`~exitnas.evaluators.share_thresholds` maps them to thresholds on val). A policy's
     rule (``evaluators.POLICY_RULES``) suggests only that policy's parameters — the policy is
-    the study's choice, so the space stays static within a study: ``temperature`` a threshold
-    per exit on calibrated confidence (``thr_{s}_{b}``), ``patience`` one ``patience`` k,
-    ``decider`` one ``tau``; the returned array holds them as
+    the study's choice, so the space stays static within a study: ``temperature`` and
+    ``ensemble`` a threshold per exit on calibrated or ensembled confidence (``thr_{s}_{b}``),
+    ``patience`` one ``patience`` k, ``decider`` one ``tau``; the returned array holds them as
     :func:`~exitnas.evaluators.fit_searched` reads them. The ``policy`` rule searches the policy
     too: every trial suggests a ``policy`` (:data:`~exitnas.evaluators.SEARCHED_POLICIES`) and
     every policy's parameters (``thr_{s}_{b}``, ``patience``, ``tau``: a static space), and the
@@ -53,7 +53,7 @@ def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace,
         ratios[s, b] = trial.suggest_categorical(f"ratio_{s}_{b}", list(space.ratio_choices))
         on[s, b] = trial.suggest_categorical(f"exit_{s}_{b}", [0, 1])
         heads[s, b] = trial.suggest_categorical(f"head_{s}_{b}", list(space.head_choices))
-        if exit_rule in ("threshold", "share", "temperature", "policy"):
+        if exit_rule in ("threshold", "share", "temperature", "ensemble", "policy"):
             name = "share" if exit_rule == "share" else "thr"
             thr[s, b] = trial.suggest_float(f"{name}_{s}_{b}", 0.0, 1.0)
     one = exit_rule

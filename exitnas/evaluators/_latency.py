@@ -328,7 +328,7 @@ def _time_early_exit(space: SearchSpace, device: torch.device, warmup: int, repe
     out = {"early_exit": one, "leave": leave, "decision": _per_decision(many, one, k)}
     for policy in DEPLOYED_POLICIES[1:]:  # each exit policy's own decision, the same way
         model = deploy_early_exit(_identity_net(space, k).to(device), [2.0] * (k - 1), policy=policy,
-                                  params=_timing_params(k))
+                                  params=_timing_params(k, space.num_classes))
         out[f"decision|{policy}"] = _per_decision(time_call(lambda: model(logits), device, warmup, repeats, inner),
                                                   one, k)
     return out
@@ -340,10 +340,12 @@ def _per_decision(many: dict[str, float], one: dict[str, float], k: int) -> dict
     return {**per, "iqr_ms": many["iqr_ms"] / (k - 1), "count": many["count"]}
 
 
-def _timing_params(k: int) -> dict[str, list]:
-    """Fitted-state stand-ins of every policy for ``k`` exits: timing does not depend on the values."""
+def _timing_params(k: int, num_classes: int) -> dict[str, list]:
+    """Fitted-state stand-ins of every policy for ``k`` exits: timing does not depend on the values
+    (the ensemble's weights are all used: exit j's answer sums exits 0..j, as a fitted one can)."""
     model = [0.0] * FEATURES + [1.0] * FEATURES + [0.0] * (FEATURES + 1)
-    return {"temperatures": [1.0] * k, "models": [model] * (k - 1)}
+    return {"temperatures": [1.0] * k, "models": [model] * (k - 1),
+            "weight": [[1.0] * k for _ in range(k)], "bias": [[0.0] * num_classes for _ in range(k)]}
 
 
 def _identity_net(space: SearchSpace, n: int) -> StaticNet:

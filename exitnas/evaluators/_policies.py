@@ -10,7 +10,9 @@ setting most accurate on val within the budget (on val) and reports it on test.
 Policies (``POLICIES``): ``threshold`` (max-softmax or entropy confidence, as the cache has it),
 ``temperature`` (Guo et al. 2017), ``patience`` (PABEE, Zhou et al. 2020) and ``decider`` (a
 learned per-exit decider, in the spirit of learned exit policies such as Scardapane et al. 2020
-and EPNet, Dai et al. 2020). They need each exit's logits (:attr:`ExitCache.logits`).
+and EPNet, Dai et al. 2020) and ``ensemble`` (Zero Time Waste's geometric ensemble of the exits,
+Wołczyk et al. 2021, fit on val: the one policy that also changes what an exit answers). They
+need each exit's logits (:attr:`ExitCache.logits`).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
+from exitnas._confidence import confidence
 from exitnas._registry import Registry
 from exitnas.evaluators._cache import ExitCache
 from exitnas.evaluators._policy import ExitPolicy, PolicyResult
 from exitnas.evaluators._protocols import DEFAULT_P_SWEEP, CurvePoint, fit_budgeted_thresholds
-from exitnas.search_space import Candidate
+from exitnas.search_space import Candidate, GeometricEnsemble, fit_ensemble
 
 __all__ = ["CURVE_BUDGETS", "POLICIES", "FittedPolicy", "Policy", "agreement_runs", "candidate_result", "decide",
            "decision_macs", "exit_features", "fit_policy", "fit_searched", "leave_targets", "policy_curve", "softmax"]
@@ -62,13 +66,24 @@ def agreement_runs(cache: ExitCache) -> np.ndarray:
 class Policy(ABC):
     """A score per non-final exit and image, and the threshold vectors it offers, fit on val."""
 
-    #: Extra MACs per exit of the decision beyond the threshold rule's softmax (an estimate,
-    #: as a function of the number of classes): the policy's own cost.
-    def decision_macs(self, num_classes: int) -> int:
+    #: Extra MACs per exit of the decision beyond the threshold rule's softmax (an estimate, at
+    #: most this at any exit of a net of ``num_exits``): the policy's own cost.
+    def decision_macs(self, num_classes: int, num_exits: int = 1) -> int:
         return 0
 
-    def fit(self, val: ExitCache) -> None:
-        """Fit whatever the score needs on ``val`` (nothing by default)."""
+    def answers(self, cache: ExitCache) -> ExitCache:
+        """``cache`` as the policy answers it: the same by default; a policy that changes what an
+        exit predicts (``ensemble``) returns its own logits, confidences and correctness."""
+        return cache
+
+    def val_answers(self, val: ExitCache) -> ExitCache:
+        """:meth:`answers` on the val cache the policy was fit on (out-of-fold where it learns)."""
+        return self.answers(val)
+
+    def fit(self, val: ExitCache, out_of_fold: bool = True) -> None:
+        """Fit whatever the score needs on ``val`` (nothing by default); a learning policy also
+        keeps out-of-fold val scores for its settings unless ``out_of_fold`` is false (a search
+        trial, whose threshold is searched, needs only the fit)."""
 
     def state(self) -> dict[str, Any]:
         """What :meth:`fit` learnt, JSON-able (a candidate's ``params`` keep it)."""
@@ -94,7 +109,7 @@ class Policy(ABC):
     def settings(self, val: ExitCache, val_scores: np.ndarray) -> tuple[np.ndarray, list[dict[str, float]]]:
         """S×(K-1) thresholds fit on val and each one's parameters: by default Huang et al.'s
         budgeted-batch fits (one per p) and one global threshold at each of the scores' val quantiles."""
-        scored = _with_scores(val, val_scores)
+        scored = _with_scores(self.val_answers(val), val_scores)
         bb = np.stack([fit_budgeted_thresholds(scored, p) for p in DEFAULT_P_SWEEP])
         glob = np.quantile(val_scores, GLOBAL_QUANTILES) if val_scores.size else np.ones(1)
         glob[0] = 0.0  # every image leaves at exit 0, whatever scores the policy gives later
@@ -129,10 +144,10 @@ class TemperaturePolicy(Policy):
     def __init__(self) -> None:
         self.temperatures: np.ndarray | None = None
 
-    def decision_macs(self, num_classes: int) -> int:
+    def decision_macs(self, num_classes: int, num_exits: int = 1) -> int:
         return num_classes  # one multiply per logit
 
-    def fit(self, val: ExitCache) -> None:
+    def fit(self, val: ExitCache, out_of_fold: bool = True) -> None:
         if val.labels is None:
             raise ValueError("temperature calibration needs the cache's labels: rebuild the cache")
         z = _logits(val)
@@ -173,7 +188,7 @@ class PatiencePolicy(Policy):
     the settings are k = 2 … K.
     """
 
-    def decision_macs(self, num_classes: int) -> int:
+    def decision_macs(self, num_classes: int, num_exits: int = 1) -> int:
         return 0  # an argmax the threshold rule's max already gives, and one comparison
 
     def scores(self, cache: ExitCache) -> np.ndarray:
@@ -273,14 +288,16 @@ class DeciderPolicy(Policy):
         self.models: list[np.ndarray] | None = None
         self._oof: np.ndarray | None = None
 
-    def decision_macs(self, num_classes: int) -> int:
+    def decision_macs(self, num_classes: int, num_exits: int = 1) -> int:
         f = 9  # exit_features
         # entropy (p·log p per class, and the log), standardise and dot product, the bias
         return 2 * num_classes + 3 * f + 1
 
-    def fit(self, val: ExitCache) -> None:
+    def fit(self, val: ExitCache, out_of_fold: bool = True) -> None:
         x, y = exit_features(val)[:-1], leave_targets(val).astype(np.float64)
         self.models = [_fit_logistic(x[k], y[k]) for k in range(len(x))]
+        if not out_of_fold:
+            return
         fold = np.random.default_rng(0).permutation(val.num_samples) % self.FOLDS
         oof = np.empty(y.shape)
         for f in range(self.FOLDS):
@@ -316,11 +333,99 @@ class DeciderPolicy(Policy):
         return self._oof if self._oof is not None else self.scores(val)
 
 
+@POLICIES.register("ensemble", "Zero Time Waste's geometric ensemble of each exit with the earlier ones, fit on "
+                               "val, then thresholds on its confidence (it changes what an exit answers)")
+class EnsemblePolicy(Policy):
+    """Each exit answers with a weighted product of its own and the earlier exits' probabilities,
+    fit on val; then one confidence threshold per exit on that answer.
+
+    Wołczyk, Wójcik, Bałazy, Podolak, Tabor, Śmieja, Trzciński, "Zero Time Waste: Recycling
+    Predictions in Early Exit Neural Networks", NeurIPS 2021: exit k's logits become
+    ``b_k + Σ_{i≤k} w_ki · log p_i`` (``search_space.GeometricEnsemble``, weights ≥ 0). ZTW fits
+    the ensemble on training images; here it is fit on val, after the network, so it also
+    recalibrates each exit (its temperature and class biases) to images the net did not train
+    on. Unlike the other policies it changes an exit's prediction as well as when an image
+    leaves, so it can pass the budgeted oracle of the exits' own answers. The val answers the
+    settings are fit on are out-of-fold (two folds), as the decider's scores are.
+    """
+
+    FOLDS = 2
+
+    def __init__(self) -> None:
+        self.weight: np.ndarray | None = None
+        self.bias: np.ndarray | None = None
+        self._oof: ExitCache | None = None
+
+    def decision_macs(self, num_classes: int, num_exits: int = 1) -> int:
+        # The log-softmax (an exp and a log per class) and one multiply-add per class per exit so far.
+        return (num_exits + 2) * num_classes
+
+    def fit(self, val: ExitCache, out_of_fold: bool = True) -> None:
+        if val.labels is None:
+            raise ValueError("the ensemble is fit on the cache's labels: rebuild the cache")
+        self.weight, self.bias = _fit_geometric(_logits(val), val.labels)
+        if not out_of_fold:
+            return
+        fold = np.random.default_rng(0).permutation(val.num_samples) % self.FOLDS
+        z = np.empty(_logits(val).shape, dtype=np.float32)
+        for f in range(self.FOLDS):
+            w, b = _fit_geometric(_logits(val)[:, fold != f], val.labels[fold != f])
+            z[:, fold == f] = _geometric(w, b, _logits(val)[:, fold == f])
+        self._oof = _answered(val, z)
+
+    def state(self) -> dict[str, Any]:
+        if self.weight is None or self.bias is None:
+            return {}
+        return {"weight": self.weight.tolist(), "bias": self.bias.tolist()}
+
+    def load(self, state: dict[str, Any]) -> Policy:
+        self.weight = np.asarray(state["weight"], dtype=np.float64)
+        self.bias = np.asarray(state["bias"], dtype=np.float64)
+        return self
+
+    def answers(self, cache: ExitCache) -> ExitCache:
+        if self.weight is None or self.bias is None:
+            raise ValueError("fit the ensemble policy on val first")
+        return _answered(cache, _geometric(self.weight, self.bias, _logits(cache)))
+
+    def val_answers(self, val: ExitCache) -> ExitCache:
+        return self._oof if self._oof is not None else self.answers(val)
+
+    def scores(self, cache: ExitCache) -> np.ndarray:
+        return self.answers(cache).confidence[:-1].astype(np.float64)
+
+    def val_scores(self, val: ExitCache) -> np.ndarray:
+        return self.val_answers(val).confidence[:-1].astype(np.float64)
+
+
+def _fit_geometric(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The geometric ensemble's K×K weights and K×C biases fit to ``logits`` (K×N×C) on ``labels``."""
+    ens = GeometricEnsemble(logits.shape[0], logits.shape[-1])
+    fit_ensemble(ens, [torch.from_numpy(z.astype(np.float32)) for z in logits], torch.from_numpy(labels).long())
+    return ens.weight.detach().double().numpy(), ens.bias.detach().double().numpy()
+
+
+def _geometric(weight: np.ndarray, bias: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """K×N×C ensemble logits: exit k's ``bias_k + Σ_{i≤k} weight_ki · log_softmax(logits_i)`` (float32)."""
+    z = logits.astype(np.float64)
+    logp = z - z.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    out = np.einsum("ki,inc->knc", np.tril(weight), logp) + bias[:, None, :]
+    return out.astype(np.float32)
+
+
+def _answered(cache: ExitCache, logits: np.ndarray) -> ExitCache:
+    """``cache`` with every exit answering ``logits`` (K×N×C): its confidences and correctness too."""
+    conf = np.stack([confidence(torch.from_numpy(z), cache.kind).numpy() for z in logits]).astype(np.float32)
+    correct = logits.argmax(-1) == np.asarray(cache.labels)[None, :]
+    return dataclasses.replace(cache, logits=logits.astype(np.float16), confidence=conf, correct=correct)
+
+
 # -- fitting and measuring --------------------------------------------------------------------
 def decision_macs(policy: Policy, cache: ExitCache) -> np.ndarray:
     """K cumulative MACs of the policy's own decisions up to each exit: one per exit passed
     (the final exit decides nothing)."""
-    per = policy.decision_macs(_logits(cache).shape[-1]) if cache.num_exits > 1 else 0
+    per = policy.decision_macs(_logits(cache).shape[-1], cache.num_exits) if cache.num_exits > 1 else 0
     return per * np.minimum(np.arange(1, cache.num_exits + 1), cache.num_exits - 1).astype(np.float64)
 
 
@@ -330,6 +435,11 @@ def _with_scores(cache: ExitCache, scores: np.ndarray, policy: Policy | None = N
     conf = np.concatenate([scores, np.ones((1, cache.num_samples))]).astype(np.float64)
     macs = cache.macs if policy is None else cache.macs + decision_macs(policy, cache)
     return dataclasses.replace(cache, confidence=conf, macs=macs)
+
+
+def _scored(policy: Policy, cache: ExitCache) -> ExitCache:
+    """``cache`` as ``policy`` answers it, its confidences replaced by the policy's scores."""
+    return _with_scores(policy.answers(cache), policy.scores(cache), policy)
 
 
 @dataclass(frozen=True)
@@ -352,7 +462,7 @@ class FittedPolicy:
 
     def apply(self, cache: ExitCache, costs: np.ndarray | None = None) -> PolicyResult:
         """Every setting on another cache of the same arch (test): nothing is refit."""
-        return ExitPolicy(_with_scores(cache, self.policy.scores(cache), self.policy), costs).evaluate(self.thresholds)
+        return ExitPolicy(_scored(self.policy, cache), costs).evaluate(self.thresholds)
 
     def choose(self, budget: float) -> int | None:
         """The setting most accurate on val whose val expected cost is within ``budget`` (the
@@ -387,7 +497,7 @@ def fit_policy(name: str, val: ExitCache, costs: np.ndarray | None = None) -> Fi
     policy.fit(val)
     scores = policy.val_scores(val)
     thresholds, params = policy.settings(val, scores)
-    res = ExitPolicy(_with_scores(val, scores, policy), costs).evaluate(thresholds)
+    res = ExitPolicy(_with_scores(policy.val_answers(val), scores, policy), costs).evaluate(thresholds)
     return FittedPolicy(name, policy, thresholds, tuple(params), res)
 
 
@@ -395,7 +505,7 @@ def fit_searched(name: str, values: np.ndarray, val: ExitCache) -> tuple[np.ndar
     """Policy ``name`` fit on ``val``, then a trial's searched ``values`` → its thresholds and the
     candidate's ``params`` (the fitted state and the searched parameter)."""
     policy = POLICIES.get(name)()
-    policy.fit(val)
+    policy.fit(val, out_of_fold=False)
     thresholds, searched = policy.searched(values, val.num_exits)
     return thresholds, {**policy.state(), **searched}
 
@@ -410,7 +520,7 @@ def decide(cache: ExitCache, thresholds: np.ndarray | list[float] | tuple[float,
     if policy == "threshold":
         return ExitPolicy(cache, costs).evaluate(t)
     fitted = POLICIES.get(policy)().load(params or {})
-    return ExitPolicy(_with_scores(cache, fitted.scores(cache), fitted), costs).evaluate(t)
+    return ExitPolicy(_scored(fitted, cache), costs).evaluate(t)
 
 
 def candidate_result(cand: Candidate, cache: ExitCache, costs: np.ndarray | None = None) -> PolicyResult:

@@ -33,10 +33,12 @@ EXIT_RULES.register("temperature", "temperature-calibrated max-softmax (fit on v
                                    "searched")("temperature")
 EXIT_RULES.register("patience", "leave when the last k exits agree (PABEE); k searched")("patience")
 EXIT_RULES.register("decider", "a logistic decider per exit fit on val; its probability threshold searched")("decider")
-EXIT_RULES.register("policy", "the exit policy searched per trial with the arch (threshold, temperature, patience "
-                              "or decider), and its parameters")("policy")
+EXIT_RULES.register("ensemble", "Zero Time Waste's geometric ensemble of the exits fit on val, a threshold per "
+                                "exit on its confidence searched")("ensemble")
+EXIT_RULES.register("policy", "the exit policy searched per trial with the arch (threshold, temperature, patience, "
+                              "decider or ensemble), and its parameters")("policy")
 #: The exit rules that search an exit policy's parameter (the candidate's ``policy`` is the rule's name).
-POLICY_RULES = ("temperature", "patience", "decider")
+POLICY_RULES = ("temperature", "patience", "decider", "ensemble")
 #: The policies the ``policy`` rule chooses among, per trial.
 SEARCHED_POLICIES = ("threshold", *POLICY_RULES)
 #: The searched range of the bag-of-features rule's beta.

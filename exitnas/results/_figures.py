@@ -68,8 +68,8 @@ def plot_curves(curves: CurvesInfo) -> go.Figure:
     click their legend entries)."""
     fig = go.Figure()
     if curves.budgeted_oracle:
-        fig.add_trace(_curve(curves.budgeted_oracle, "budgeted oracle (ceiling of any exit policy)", mode="lines",
-                             line={"shape": "hv", "color": "gray"}))
+        fig.add_trace(_curve(curves.budgeted_oracle, "budgeted oracle (ceiling of any policy that keeps the exits' "
+                             "answers)", mode="lines", line={"shape": "hv", "color": "gray"}))
     fig.add_trace(_curve(curves.budgeted_batch, "budgeted batch (fit on val)", mode="lines+markers",
                          customdata=[p.param for p in sorted(curves.budgeted_batch, key=lambda p: p.macs)],
                          hovertemplate="p=%{customdata}<br>%{x:.3f} MMACs, %{y:.4f}"))

@@ -41,8 +41,9 @@ class EarlyExitRuntime(nn.Module):
     ``StaticNet.early_exit`` at every batch size.
 
     The score is the exit's confidence under the ``threshold`` policy, else the policy's own
-    (:class:`~exitnas.runtime.ExitScorer`: temperature, patience, the learned decider), with
-    ``params`` as the candidate keeps them. A policy other than ``threshold`` on a batch (or on
+    (:class:`~exitnas.runtime.ExitScorer`: temperature, patience, the learned decider, the
+    confidence of the ensemble's answer, which is then what the exit returns), with ``params``
+    as the candidate keeps them. A policy other than ``threshold`` on a batch (or on
     a net whose exits combine) runs every exit, then each sample takes its first exit whose
     score reaches the threshold.
     """
@@ -56,6 +57,7 @@ class EarlyExitRuntime(nn.Module):
         self.single_loop = plain_exits(net)
         self.policy = policy
         self.scorer = ExitScorer(policy, len(thresholds) + 1, kind, params)
+        self.by_confidence = policy in ("threshold", "ensemble")  # the score is the answer's confidence
         # The batch-of-one scalar path's thresholds, and one never read: TorchScript infers a
         # list's type from its elements, and a net of one exit has no threshold.
         self.threshold_list = [float(t) for t in thresholds] + [math.inf]
@@ -74,13 +76,15 @@ class EarlyExitRuntime(nn.Module):
             exit_k = last
             done = False
             state = self.scorer.start_one()
+            logp: List[Tensor] = []
             # No `break` (TorchScript unrolls loops over ModuleLists and forbids it there).
             for k, step in enumerate(self.net.steps):
                 if not done:
                     x, logits = step(x, x)  # plain exits: the previous exit's logits are unread
+                    logits = self.scorer.answer(k, logits, logp)
                     if k == last:
                         out, done = logits, True
-                    elif self.policy == "threshold":
+                    elif self.by_confidence:
                         if bool(confidence(logits, self.kind)[0] >= self.thresholds[k]):
                             out, exit_k, done = logits, k, True
                     else:
@@ -93,7 +97,10 @@ class EarlyExitRuntime(nn.Module):
         """A batch (or a net whose exits combine) under a policy's score: every exit runs, then
         each sample takes its first exit whose score reaches the threshold."""
         with torch.no_grad():
-            outs = self.net(x)
+            logp: List[Tensor] = []
+            outs: List[Tensor] = []
+            for k, z in enumerate(self.net(x)):
+                outs.append(self.scorer.answer(k, z, logp))
             state = self.scorer.start(x.shape[0], x)
             leave: List[Tensor] = []
             for k in range(len(outs) - 1):

@@ -85,6 +85,9 @@ class GraphedEarlyExit:
                  kind: str = "maxprob", mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  graphs: bool = True, policy: str = "threshold", params: Mapping[str, Any] | None = None) -> None:
         _check_plain(net, thresholds, kind)
+        if policy == "ensemble":
+            raise UserError("CUDA graphs per segment carry a fixed state from exit to exit; the ensemble policy "
+                            "keeps every earlier exit's answer: run the exported TorchScript model")
         device = next(net.parameters()).device
         if graphs and device.type != "cuda":
             raise UserError(f"CUDA graphs need the net on a CUDA device, not {device.type}; "

@@ -18,11 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from exitnas._confidence import confidence
+from exitnas.search_space import GeometricEnsemble
 
 __all__ = ["DEPLOYED_POLICIES", "FEATURES", "ExitScorer"]
 
 #: The exit policies a deployed model runs.
-DEPLOYED_POLICIES = ("threshold", "temperature", "patience", "decider")
+DEPLOYED_POLICIES = ("threshold", "temperature", "patience", "decider", "ensemble")
 #: Features of the learned decider (``evaluators.exit_features``), in that order.
 FEATURES = 9
 
@@ -31,17 +32,20 @@ class ExitScorer(nn.Module):
     """Exit k's score in [0, 1] for each image, from exit k's logits and the earlier exits' state.
 
     ``forward(k, logits, state) → (score, state)``; the image leaves exit k when the score
-    reaches that exit's threshold. ``start(n, like)`` is the state before exit 0.
+    reaches that exit's threshold. ``start(n, like)`` is the state before exit 0. The runtime
+    first passes each exit's logits through ``answer(k, logits, logp)``: the exit's own, except
+    under ``ensemble``, whose answer (and confidence) is the geometric ensemble of exits 0..k.
 
     Args:
         policy: ``threshold`` (the confidence ``kind``), ``temperature`` (max-softmax of the
             logits over exit k's temperature), ``patience`` (the run of equal classes over K) or
-            ``decider`` (the learned decider's probability that leaving loses nothing).
+            ``decider`` (the learned decider's probability that leaving loses nothing) or
+            ``ensemble`` (the confidence of Zero Time Waste's geometric ensemble of exits 0..k).
         num_exits: K, the net's exits.
         kind: The ``threshold`` policy's confidence (``maxprob`` or ``entropy``).
         params: The policy's fitted state as a candidate keeps it (``Candidate.params``):
-            ``temperatures`` (K) or the decider's ``models`` (K-1 vectors of mean, std, weights
-            and bias over the features).
+            ``temperatures`` (K), the decider's ``models`` (K-1 vectors of mean, std, weights
+            and bias over the features) or the ensemble's ``weight`` (K×K) and ``bias`` (K×C).
     """
 
     def __init__(self, policy: str, num_exits: int, kind: str = "maxprob",
@@ -69,11 +73,33 @@ class ExitScorer(nn.Module):
         self.coef = coef.tolist()
         self.const = const.tolist()
         self.temps = temps.double().tolist()
+        # Under any other policy an ensemble of one class that is never called (TorchScript
+        # compiles ``answer`` whatever the policy).
+        self.ensemble = GeometricEnsemble(self.num_exits, 1)
+        if policy == "ensemble":
+            bias = torch.as_tensor(params["bias"], dtype=torch.float32)
+            if bias.ndim != 2 or bias.shape[0] != self.num_exits:
+                raise ValueError(f"the policy's ensemble bias has shape {tuple(bias.shape)}, not "
+                                 f"({self.num_exits}, classes)")
+            self.ensemble = GeometricEnsemble(self.num_exits, int(bias.shape[1]))
+            self.ensemble.weight.data = _tensor(params["weight"], (self.num_exits, self.num_exits),
+                                                "ensemble weights").tril()
+            self.ensemble.bias.data = bias
+        self.ensemble.requires_grad_(False)
         self.register_buffer("temperatures", temps)
         self.register_buffer("mu", models[:, :FEATURES].contiguous())
         self.register_buffer("sd", models[:, FEATURES : 2 * FEATURES].contiguous())
         self.register_buffer("w", models[:, 2 * FEATURES : 3 * FEATURES].contiguous())
         self.register_buffer("b", models[:, 3 * FEATURES].contiguous())
+
+    @torch.jit.export
+    def answer(self, k: int, logits: Tensor, logp: List[Tensor]) -> Tensor:
+        """Exit k's answer: its own ``logits``, or under ``ensemble`` the ensemble of exits
+        0..k (``logp`` holds exits 0..k-1's log-probabilities; exit k's is appended)."""
+        if self.policy != "ensemble":
+            return logits
+        logp.append(torch.log_softmax(logits.float(), dim=1))
+        return self.ensemble(logp, k)
 
     @torch.jit.export
     def start(self, n: int, like: Tensor) -> Tensor:
@@ -132,7 +158,7 @@ class ExitScorer(nn.Module):
         return 1.0 / (1.0 + math.exp(-v)), new_state
 
     def forward(self, k: int, logits: Tensor, state: Tensor) -> Tuple[Tensor, Tensor]:
-        if self.policy == "threshold":
+        if self.policy == "threshold" or self.policy == "ensemble":  # the ensemble's: of its answer
             return confidence(logits, self.kind), state
         if self.policy == "temperature":
             return torch.softmax(logits.float() / self.temperatures[k], dim=-1).max(dim=-1).values, state

@@ -74,9 +74,10 @@ def test_largest_prints_table_and_writes_json(checkpoint: Path, tmp_path: Path,
     assert sum(t["histogram"]) == sum(result["oracle_test"]["histogram"]) > 0  # every test sample
     # Every exit policy on test, at five val budgets, beside the budgeted oracle.
     pol = next(i for i, line in enumerate(lines) if line.startswith("exit policies on test (fit on val;"))
-    assert set(lines[pol + 1].split()) == {"MMACs", "threshold", "temperature", "patience", "decider", "oracle"}
-    assert all(len(line.split()) == 6 for line in lines[pol + 2 : pol + 7])
-    assert set(result["policies_test"]) == {"threshold", "temperature", "patience", "decider"}
+    assert set(lines[pol + 1].split()) == {"MMACs", "threshold", "temperature", "patience", "decider", "ensemble",
+                                           "oracle"}
+    assert all(len(line.split()) == 7 for line in lines[pol + 2 : pol + 7])
+    assert set(result["policies_test"]) == {"threshold", "temperature", "patience", "decider", "ensemble"}
     assert result["budgeted_oracle_test"][-1]["accuracy"] == pytest.approx(result["oracle_test"]["accuracy"])
 
 

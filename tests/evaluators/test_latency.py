@@ -38,7 +38,7 @@ def test_profile_covers_every_choice_with_provenance(space, table) -> None:  # t
     n_first = 2 * 2 + 2 * 2 * 2  # stage 0: c_in = c_out; stage 1: every input width
     n_rest = 2 * 2 * 2
     n_heads = 2 * 2 * 2
-    loop = 4 + 3  # call, early_exit, leave, decision, and the decision of each other exit policy
+    loop = 4 + 4  # call, early_exit, leave, decision, and the decision of each other exit policy
     assert len(table.entries) == n_stem + n_first + n_rest + n_heads + loop
     for e in table.entries.values():
         assert e["median_ms"] >= 0 and e["count"] == 3 and e["iqr_ms"] >= 0

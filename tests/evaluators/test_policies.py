@@ -144,9 +144,9 @@ def test_every_policy_fits_on_val_and_applies_to_test(name: str) -> None:
     res = fitted.apply(test)
     assert res.histogram.sum(1).tolist() == [150] * len(fitted.params)
     assert ((res.accuracy >= 0) & (res.accuracy <= 1)).all()
-    assert POLICIES.get(name)().decision_macs(10) < 100  # ≪ any exit's MACs
+    assert POLICIES.get(name)().decision_macs(10, 4) < 100  # ≪ any exit's MACs
     # The policy's own MACs are paid once per exit passed (the final exit decides nothing).
-    per = POLICIES.get(name)().decision_macs(5)
+    per = POLICIES.get(name)().decision_macs(5, 4)
     base = ExitPolicy(val).evaluate(np.ones(3)).expected_cost[0]  # everyone to the final exit
     assert fitted.val.expected_cost.max() <= base + 3 * per + 1e-6
     everyone_first = decide(val, np.zeros(3), name, fitted.policy.state())

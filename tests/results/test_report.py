@@ -82,13 +82,15 @@ def test_curves_stay_below_the_oracle(report: ReportResult) -> None:
     assert c.budgeted_oracle[-1].macs <= c.oracle.macs + 1e-6
     policies = dict(c.policies)
     assert set(policies) == set(POLICIES) and all(policies.values())
-    for p in (*c.budgeted_batch, *c.anytime, c.searched, *(q for pts in policies.values() for q in pts)):
+    # The ensemble changes what an exit answers, so the exits' own oracle does not bound it.
+    bounded = (q for name, pts in policies.items() if name != "ensemble" for q in pts)
+    for p in (*c.budgeted_batch, *c.anytime, c.searched, *bounded):
         assert p.accuracy <= (accuracy_at(list(c.budgeted_oracle), p.macs + 1e-6) or 0.0) + 1e-12
 
 
 def test_the_curves_figure_draws_every_policy_beside_the_budgeted_oracle(report: ReportResult) -> None:
     names = [t.name for t in plot_curves(report.curves).data]
-    assert "budgeted oracle (ceiling of any exit policy)" in names
+    assert "budgeted oracle (ceiling of any policy that keeps the exits' answers)" in names
     assert "thresholds, chosen per budget on val" in names and "decider policy" in names
     assert {"temperature policy", "patience policy"} <= set(names)
 

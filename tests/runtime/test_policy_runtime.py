@@ -11,11 +11,14 @@ import pytest
 import torch
 
 from exitnas._confidence import confidence
+from exitnas._errors import UserError
 from exitnas.evaluators import POLICIES, ExitCache
 from exitnas.runtime import DEPLOYED_POLICIES, EarlyExitRuntime, ExitScorer, GraphedEarlyExit, deploy_early_exit
 from exitnas.search_space import ArchConfig, Supernet, build_space
 
 K = 4
+#: The policies the CUDA-graphs runtime runs (the ensemble's state is every earlier answer).
+GRAPHED = tuple(p for p in DEPLOYED_POLICIES if p != "ensemble")
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +64,12 @@ def test_scores_match_the_evaluators(net, name: str) -> None:  # type: ignore[no
     scorer = ExitScorer(name, K, "maxprob", params)
     logits = torch.from_numpy(test.logits)
     state = scorer.start(test.num_samples, logits)
+    logp: list[torch.Tensor] = []
     for k in range(K - 1):
-        got, state = scorer(k, logits[k], state)
+        got, state = scorer(k, scorer.answer(k, logits[k], logp), state)
         np.testing.assert_allclose(got.numpy(), want[k], atol=2e-6, rtol=0)
     assert want.std() > 1e-3  # scores that vary: the comparison means something
-    if name == "threshold":  # the runtime compares the confidence tensor itself
+    if name in ("threshold", "ensemble"):  # the runtime compares the answer's confidence tensor itself
         return
     for n in range(40):  # the batch-of-one form, in Python floats
         one = scorer.start_one()
@@ -78,6 +82,9 @@ def test_scores_match_the_evaluators(net, name: str) -> None:  # type: ignore[no
 def test_the_runtime_leaves_where_the_evaluators_do(net, name: str) -> None:  # type: ignore[no-untyped-def]
     params, scores, x, _ = _fitted(name, net)
     thr = np.median(scores, axis=1)  # about half of the images that reach an exit leave there
+    # An exit whose answer is no better than its prior (the ensemble may weigh it 0: one score for
+    # every image) is closed, or every image would leave there.
+    thr = np.where(scores.std(axis=1) > 1e-6, thr, 1.0)
     if name == "patience":
         thr = np.full(K - 1, 1.5 / K)  # k = 2
     passed = scores >= thr[:, None]
@@ -87,7 +94,8 @@ def test_the_runtime_leaves_where_the_evaluators_do(net, name: str) -> None:  # 
     rt = EarlyExitRuntime(net, thr.tolist(), "maxprob", name, params).eval()
     deployed = deploy_early_exit(net, thr.tolist(), "maxprob", policy=name, params=params)
     with torch.no_grad():
-        outs = net(x)
+        logp: list[torch.Tensor] = []
+        outs = [rt.scorer.answer(k, z, logp) for k, z in enumerate(net(x))]  # what each exit answers
         batch_logits, batch_exits = rt._run(x)
     assert (batch_exits.numpy() == want)[~close].all()
     for n in np.flatnonzero(~close)[:60]:
@@ -102,9 +110,13 @@ def test_the_scorer_refuses_what_it_cannot_run() -> None:
         ExitScorer("oracle", K)
     with pytest.raises(ValueError, match="temperatures have shape"):
         ExitScorer("temperature", K, params={"temperatures": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="ensemble weights have shape"):
+        ExitScorer("ensemble", K, params={"weight": [[1.0]], "bias": [[0.0] * 5] * K})
+    with pytest.raises(ValueError, match="ensemble bias has shape"):
+        ExitScorer("ensemble", K, params={"weight": np.eye(K).tolist(), "bias": [0.0] * 5})
 
 
-@pytest.mark.parametrize("name", DEPLOYED_POLICIES)
+@pytest.mark.parametrize("name", GRAPHED)
 def test_the_graphed_steps_carry_the_policy_state(net, name: str) -> None:  # type: ignore[no-untyped-def]
     """The CUDA-graphs runtime's steps (here as plain calls through the same buffers) leave where
     the TorchScript runtime does, under every policy: the state goes from step to step."""
@@ -122,8 +134,14 @@ def test_the_graphed_steps_carry_the_policy_state(net, name: str) -> None:  # ty
     assert len(set(exits)) > 1
 
 
+def test_the_graphed_runtime_refuses_the_ensemble_policy_with_one_line(net) -> None:  # type: ignore[no-untyped-def]
+    params, _, _, _ = _fitted("ensemble", net)
+    with pytest.raises(UserError, match="run the exported TorchScript model"):
+        GraphedEarlyExit(net, [0.5] * (K - 1), (3, 16, 16), policy="ensemble", params=params, graphs=False)
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", DEPLOYED_POLICIES)
+@pytest.mark.parametrize("name", GRAPHED)
 def test_cuda_graphs_run_every_policy(net, name: str) -> None:  # type: ignore[no-untyped-def]
     """Recorded CUDA graphs, the policy's state in their buffers, leave where the TorchScript
     runtime does on the same GPU (images away from a threshold: TF32 may move a score a hair)."""

@@ -22,7 +22,8 @@ def _study(make_cfg: Callable[..., Any], trained: Any, tmp_path: Path, n: int, *
     return exp, study
 
 
-@pytest.mark.parametrize("rule", ["threshold", "bof", "share", "temperature", "patience", "decider", "policy"])
+@pytest.mark.parametrize("rule", ["threshold", "bof", "share", "temperature", "patience", "decider", "ensemble",
+                                  "policy"])
 def test_stored_candidate_is_what_the_codec_decodes(rule: str, trained: Any, make_cfg: Callable[..., Any],
                                                      tmp_path: Path) -> None:
     exp, study = _study(make_cfg, trained, tmp_path, 4, exit_rule=rule)

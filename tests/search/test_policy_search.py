@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from exitnas._trial_codec import CANDIDATE_ATTR
-from exitnas.evaluators import POLICY_RULES, candidate_result
+from exitnas.evaluators import POLICY_RULES, SEARCHED_POLICIES, candidate_result
 from exitnas.experiment import Experiment
 from exitnas.results import export_trial, retrain_export
 from exitnas.runtime import load_export
@@ -32,20 +32,21 @@ def _search(make_cfg: Callable[..., Any], trained: Any, tmp_path: Path, rule: st
 def test_a_policy_study_suggests_only_its_parameters_and_stores_what_reproduces_them(
         rule: str, trained: Any, make_cfg: Callable[..., Any], tmp_path: Path) -> None:
     exp, study, _ = _search(make_cfg, trained, tmp_path, rule)
-    own = {"temperature": "thr_", "patience": "patience", "decider": "tau"}[rule]
+    own = {"temperature": "thr_", "ensemble": "thr_", "patience": "patience", "decider": "tau"}[rule]
     for t in study.get_trials():
         names = set(t.params)
         assert any(n.startswith(own) for n in names)
         assert not names & {"beta", "tau", "patience"} - {own}
-        assert not any(n.startswith(("thr_", "share_")) for n in names) or rule == "temperature"
+        assert not any(n.startswith(("thr_", "share_")) for n in names) or own == "thr_"
         cand = Candidate.from_dict(t.user_attrs[CANDIDATE_ATTR])
         assert cand.policy == rule and cand.exit_rule == rule
         res = candidate_result(cand, exp.evaluator.cache(cand.arch, "val"))
         assert float(res.accuracy[0]) == t.values[0]
         assert float(res.expected_cost[0]) / 1e6 == pytest.approx(t.values[1], rel=1e-12)
-        if cand.arch.num_exits == 1:  # nothing to decide, nothing stored
-            assert cand.thresholds == () and cand.params in ({}, {"models": []}, {"temperatures": cand.params.get(
-                "temperatures")})
+        if cand.arch.num_exits == 1:  # nothing to decide; the ensemble still recalibrates the one answer
+            assert cand.thresholds == ()
+            assert set(cand.params) <= {"models", "temperatures", "weight", "bias"}
+            assert cand.params.get("models", []) == [] and (("weight" in cand.params) == (rule == "ensemble"))
             continue
         if rule == "patience":
             k = min(t.params["patience"], cand.arch.num_exits)
@@ -136,7 +137,7 @@ def test_the_policy_rule_searches_the_policy_per_trial_and_each_trial_runs_its_o
             assert np.allclose(cand.thresholds, [t.params[f"thr_{s}_{b}"] for s, b in cand.arch.exits[:-1]])
         if cand.arch.num_exits > 1 and cand.policy == "decider":
             assert cand.params["tau"] == t.params["tau"]
-    assert chosen == {"threshold", "temperature", "patience", "decider"}  # 24 random trials draw every policy
+    assert chosen == set(SEARCHED_POLICIES)  # 24 random trials draw every policy
     learned = [t for t in study.get_trials() if t.params["policy"] == "decider" and len(t.user_attrs["thresholds"])]
     assert learned, "no decider trial with two exits: the export check would mean nothing"
     res = export_trial(url, "test", learned[0].number, tmp_path / "out", onnx=False)  # a mixed study's decider trial
