@@ -69,15 +69,16 @@ def write_page(rows: dict[str, Any], path: Path, title: str) -> Path:
     every other policy and the budgeted oracle (works offline: plotly.js is inlined)."""
     fig = make_subplots(rows=len(rows), cols=1, subplot_titles=list(rows), vertical_spacing=0.08)
     colours = {"oracle": "gray", "threshold": "black", "temperature": "#1f77b4", "patience": "#2ca02c",
-               "decider": "#d62728"}
+               "decider": "#d62728", "ensemble": "#9467bd"}
     for r, (arch, row) in enumerate(rows.items(), start=1):
         budgets = row["budgets_mmacs"]
         for name, acc in row["accuracy"].items():
             pts = [(b, a) for b, a in zip(budgets, acc) if a is not None]
-            label = "budgeted oracle (ceiling)" if name == "oracle" else name
+            label = "budgeted oracle (ceiling of the exits' own answers)" if name == "oracle" else name
+            dash = "dot" if name == "oracle" else ("dash" if "oracle" in name or "ceiling" in name else None)
             fig.add_trace(go.Scatter(x=[b for b, _ in pts], y=[a for _, a in pts], mode="lines+markers", name=label,
                                      legendgroup=name, showlegend=r == 1,
-                                     line={"color": colours.get(name), "dash": "dot" if name == "oracle" else None}),
+                                     line={"color": colours.get(name), "dash": dash}),
                           row=r, col=1)
         fig.update_xaxes(title_text="budget: expected MMACs on val", row=r, col=1)
         fig.update_yaxes(title_text="test accuracy", row=r, col=1)
