@@ -122,9 +122,12 @@ def run_paths(r: Runner) -> None:
     export = _export_on_cpu(r, "export", url, "conf-entropy", "threshold")
     if export is not None:
         r.cli("retrain", "retrain", str(export / "arch.json"), "--epochs", "0.5", "--out", str(r.out / "retrained"))
-    # An exit policy searched on the GPU, exported, and run by the exported model on a CPU-only process.
-    dec = r.search("rule-decider", plain, "--set", "search.exit_rule=decider", *dev)
-    _export_on_cpu(r, "export-decider", dec, "rule-decider", "decider")
+    # Exit policies searched on the GPU, exported, and run by the exported model on a CPU-only
+    # process; and a study that searches the policy per trial.
+    for policy in ("decider", "ensemble"):
+        url = r.search(f"rule-{policy}", plain, "--set", f"search.exit_rule={policy}", *dev)
+        _export_on_cpu(r, f"export-{policy}", url, f"rule-{policy}", policy)
+    r.search("rule-policy", plain, "--set", "search.exit_rule=policy", *dev)
     lut = r.out / "lut.json"
     if r.cli("profile", "profile", *TINY, "--device", r.device, "--out", str(lut), "--repeats", "5"):
         r.search("latency", plain, "--objective", "latency", "--latency-table", str(lut), *dev)

@@ -76,12 +76,12 @@ class EarlyExitRuntime(nn.Module):
             exit_k = last
             done = False
             state = self.scorer.start_one()
-            logp: List[Tensor] = []
+            answers = self.scorer.start_answers(1, x)
             # No `break` (TorchScript unrolls loops over ModuleLists and forbids it there).
             for k, step in enumerate(self.net.steps):
                 if not done:
                     x, logits = step(x, x)  # plain exits: the previous exit's logits are unread
-                    logits = self.scorer.answer(k, logits, logp)
+                    logits, answers = self.scorer.answer(k, logits, answers)
                     if k == last:
                         out, done = logits, True
                     elif self.by_confidence:
@@ -97,10 +97,11 @@ class EarlyExitRuntime(nn.Module):
         """A batch (or a net whose exits combine) under a policy's score: every exit runs, then
         each sample takes its first exit whose score reaches the threshold."""
         with torch.no_grad():
-            logp: List[Tensor] = []
+            answers = self.scorer.start_answers(x.shape[0], x)
             outs: List[Tensor] = []
             for k, z in enumerate(self.net(x)):
-                outs.append(self.scorer.answer(k, z, logp))
+                z, answers = self.scorer.answer(k, z, answers)
+                outs.append(z)
             state = self.scorer.start(x.shape[0], x)
             leave: List[Tensor] = []
             for k in range(len(outs) - 1):

@@ -6,12 +6,13 @@ once and replays it with a single launch. An early-exit net cannot be one graph,
 host must read each exit's decision before it knows whether to go on; so each step (segment k,
 head k and the comparison ``score ≥ threshold_k``, the score being the confidence or an exit
 policy's, see :class:`~exitnas.runtime.ExitScorer`) is its own graph. Step k reads step
-k−1's output buffer directly, so going on costs one replay, and stopping costs one read of a
-bool from the GPU.
+k−1's output buffers directly (features, the policy's state, the ``ensemble`` policy's answers
+so far), so going on costs one replay, and stopping costs one read of a bool from the GPU.
 
 The steps are the subnet's own ``ExitStep``s, deployed by ``_deploy.deploy`` (BatchNorm folded, channels-last,
 frozen TorchScript), the same as the exported model's. Only a net whose exits are plain
-classifiers can be replayed this way: a combiner or an ensemble carries state between exits,
+classifiers can be replayed this way: a combiner or a network's own ensemble
+(``space.ensemble``) carries state between exits,
 and an EMGNet gate picks its kernels per input, which a recorded graph cannot do.
 
 Not yet run on a GPU in this project (the CPU tests cover the stepping through static
@@ -52,16 +53,17 @@ class _Step(nn.Module):
         self.threshold = float(threshold) if threshold is not None else 0.0
         self.scorer = scorer
 
-    def forward(self, x: Tensor, state: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, state: Tensor, answers: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         if self.normalise is not None:
             x = self.normalise(x)
         x, logits = self.step(x, x)  # plain exits: the previous exit's logits are unread
+        logits, answers = self.scorer.answer(self.k, logits, answers)
         if self.decide:
             score, state = self.scorer(self.k, logits, state)
             leave = score >= self.threshold
         else:
             leave = torch.ones([logits.shape[0]], dtype=torch.bool, device=logits.device)
-        return x, logits, leave, state
+        return x, logits, leave, state, answers
 
 
 class GraphedEarlyExit:
@@ -85,9 +87,6 @@ class GraphedEarlyExit:
                  kind: str = "maxprob", mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  graphs: bool = True, policy: str = "threshold", params: Mapping[str, Any] | None = None) -> None:
         _check_plain(net, thresholds, kind)
-        if policy == "ensemble":
-            raise UserError("CUDA graphs per segment carry a fixed state from exit to exit; the ensemble policy "
-                            "keeps every earlier exit's answer: run the exported TorchScript model")
         device = next(net.parameters()).device
         if graphs and device.type != "cuda":
             raise UserError(f"CUDA graphs need the net on a CUDA device, not {device.type}; "
@@ -101,7 +100,8 @@ class GraphedEarlyExit:
         self.graphs = graphs
         self.input = channels_last(torch.zeros(1, *input_shape, device=device))
         self.start = scorer.start(1, self.input)  # the state before exit 0, never written
-        self.outputs: list[Tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self.start_answers = scorer.start_answers(1, self.input)  # the ensemble's, likewise
+        self.outputs: list[Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = []
         self.recorded: list[torch.cuda.CUDAGraph] = []
         with torch.no_grad():
             if graphs:
@@ -121,21 +121,21 @@ class GraphedEarlyExit:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                x, state = self.input, self.start
+                x, state, answers = self.input, self.start, self.start_answers
                 for step in self.steps:
-                    x, _, _, state = step(x, state)
+                    x, _, _, state, answers = step(x, state, answers)
         torch.cuda.current_stream().wait_stream(side)
         pool = None
-        x, state = self.input, self.start
+        x, state, answers = self.input, self.start, self.start_answers
         for step in self.steps:
             g = torch.cuda.CUDAGraph()
             # One memory pool for all steps: they are recorded and always replayed in this order.
             with torch.cuda.graph(g, pool=pool):
-                out = step(x, state)
+                out = step(x, state, answers)
             pool = g.pool()
             self.recorded.append(g)
             self.outputs.append(out)
-            x, state = out[0], out[3]  # step k+1 reads step k's feature and state buffers as they are
+            x, state, answers = out[0], out[3], out[4]  # step k+1 reads step k's buffers as they are
         torch.cuda.synchronize()
 
     @torch.no_grad()
@@ -146,13 +146,13 @@ class GraphedEarlyExit:
                             f"got a batch of shape {tuple(x.shape)}")
         self.input.copy_(x)
         last = len(self.steps) - 1
-        feats, state = self.input, self.start
+        feats, state, answers = self.input, self.start, self.start_answers
         for k, step in enumerate(self.steps):
             if self.graphs:
                 self.recorded[k].replay()
-                feats, logits, leave, state = self.outputs[k]
+                feats, logits, leave, state, answers = self.outputs[k]
             else:
-                feats, logits, leave, state = step(feats, state)
+                feats, logits, leave, state, answers = step(feats, state, answers)
             if k == last or bool(leave[0]):
                 return logits.clone(), k
         raise AssertionError("the last step always returns")
@@ -174,4 +174,5 @@ def _check_plain(net: StaticNet, thresholds: Sequence[float], kind: str) -> None
 def _scorer_params(scorer: ExitScorer) -> dict[str, Any]:
     """A fitted scorer's state as ``Candidate.params`` hold it (what :class:`ExitScorer` takes)."""
     models = torch.cat([scorer.mu, scorer.sd, scorer.w, scorer.b[:, None]], dim=1)
-    return {"temperatures": scorer.temperatures.tolist(), "models": models.tolist()}
+    return {"temperatures": scorer.temperatures.tolist(), "models": models.tolist(),
+            "weight": scorer.ensemble.weight.tolist(), "bias": scorer.ensemble.bias.tolist()}

@@ -33,8 +33,9 @@ class ExitScorer(nn.Module):
 
     ``forward(k, logits, state) → (score, state)``; the image leaves exit k when the score
     reaches that exit's threshold. ``start(n, like)`` is the state before exit 0. The runtime
-    first passes each exit's logits through ``answer(k, logits, logp)``: the exit's own, except
-    under ``ensemble``, whose answer (and confidence) is the geometric ensemble of exits 0..k.
+    first passes each exit's logits through ``answer(k, logits, answers)`` (from
+    ``start_answers(n, like)``): the exit's own, except under ``ensemble``, whose answer (and
+    confidence) is the geometric ensemble of exits 0..k.
 
     Args:
         policy: ``threshold`` (the confidence ``kind``), ``temperature`` (max-softmax of the
@@ -93,13 +94,23 @@ class ExitScorer(nn.Module):
         self.register_buffer("b", models[:, 3 * FEATURES].contiguous())
 
     @torch.jit.export
-    def answer(self, k: int, logits: Tensor, logp: List[Tensor]) -> Tensor:
-        """Exit k's answer: its own ``logits``, or under ``ensemble`` the ensemble of exits
-        0..k (``logp`` holds exits 0..k-1's log-probabilities; exit k's is appended)."""
+    def start_answers(self, n: int, like: Tensor) -> Tensor:
+        """The ensemble's state before exit 0 of ``n`` images: N×K×C log-probabilities of the
+        exits passed, zero until then (N×K×1 and unread under any other policy)."""
+        return torch.zeros(n, self.num_exits, self.ensemble.bias.shape[1], device=like.device)
+
+    @torch.jit.export
+    def answer(self, k: int, logits: Tensor, answers: Tensor) -> Tuple[Tensor, Tensor]:
+        """Exit k's answer and the ensemble's state after it: its own ``logits``, or under
+        ``ensemble`` the geometric ensemble of exits 0..k, ``bias_k + Σ_{i≤k} w_ki · log p_i``.
+        Out of place, on tensors of fixed shape: a recorded CUDA graph can replay it."""
         if self.policy != "ensemble":
-            return logits
-        logp.append(torch.log_softmax(logits.float(), dim=1))
-        return self.ensemble(logp, k)
+            return logits, answers
+        logp = torch.log_softmax(logits.float(), dim=1)
+        row = torch.arange(self.num_exits, device=logits.device).view(1, -1, 1) == k
+        answers = torch.where(row, logp.unsqueeze(1), answers)
+        # The weights past exit k are 0 (lower triangle), and so are those exits' rows.
+        return self.ensemble.bias[k] + (answers * self.ensemble.weight[k].view(1, -1, 1)).sum(1), answers
 
     @torch.jit.export
     def start(self, n: int, like: Tensor) -> Tensor:

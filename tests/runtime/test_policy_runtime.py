@@ -11,14 +11,11 @@ import pytest
 import torch
 
 from exitnas._confidence import confidence
-from exitnas._errors import UserError
 from exitnas.evaluators import POLICIES, ExitCache
 from exitnas.runtime import DEPLOYED_POLICIES, EarlyExitRuntime, ExitScorer, GraphedEarlyExit, deploy_early_exit
 from exitnas.search_space import ArchConfig, Supernet, build_space
 
 K = 4
-#: The policies the CUDA-graphs runtime runs (the ensemble's state is every earlier answer).
-GRAPHED = tuple(p for p in DEPLOYED_POLICIES if p != "ensemble")
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +55,25 @@ def _fitted(name: str, net) -> tuple[dict, np.ndarray, torch.Tensor, ExitCache]:
     return policy.state(), policy.scores(test), x, test
 
 
+def _thresholds(name: str, scores: np.ndarray) -> np.ndarray:
+    """Thresholds that let about half of the images reaching each exit leave there (patience: k = 2).
+    An exit whose answer is no better than its prior (the ensemble may weigh it 0: one score for
+    every image) is closed, or every image would leave there."""
+    if name == "patience":
+        return np.full(K - 1, 1.5 / K)
+    return np.where(scores.std(axis=1) > 1e-6, np.median(scores, axis=1), 1.0)
+
+
 @pytest.mark.parametrize("name", DEPLOYED_POLICIES)
 def test_scores_match_the_evaluators(net, name: str) -> None:  # type: ignore[no-untyped-def]
     params, want, _, test = _fitted(name, net)
     scorer = ExitScorer(name, K, "maxprob", params)
     logits = torch.from_numpy(test.logits)
     state = scorer.start(test.num_samples, logits)
-    logp: list[torch.Tensor] = []
+    answers = scorer.start_answers(test.num_samples, logits)
     for k in range(K - 1):
-        got, state = scorer(k, scorer.answer(k, logits[k], logp), state)
+        z, answers = scorer.answer(k, logits[k], answers)
+        got, state = scorer(k, z, state)
         np.testing.assert_allclose(got.numpy(), want[k], atol=2e-6, rtol=0)
     assert want.std() > 1e-3  # scores that vary: the comparison means something
     if name in ("threshold", "ensemble"):  # the runtime compares the answer's confidence tensor itself
@@ -81,12 +88,7 @@ def test_scores_match_the_evaluators(net, name: str) -> None:  # type: ignore[no
 @pytest.mark.parametrize("name", DEPLOYED_POLICIES)
 def test_the_runtime_leaves_where_the_evaluators_do(net, name: str) -> None:  # type: ignore[no-untyped-def]
     params, scores, x, _ = _fitted(name, net)
-    thr = np.median(scores, axis=1)  # about half of the images that reach an exit leave there
-    # An exit whose answer is no better than its prior (the ensemble may weigh it 0: one score for
-    # every image) is closed, or every image would leave there.
-    thr = np.where(scores.std(axis=1) > 1e-6, thr, 1.0)
-    if name == "patience":
-        thr = np.full(K - 1, 1.5 / K)  # k = 2
+    thr = _thresholds(name, scores)
     passed = scores >= thr[:, None]
     want = np.where(passed.any(0), passed.argmax(0), K - 1)
     close = (np.abs(scores - thr[:, None]) < 1e-5).any(0)  # float32 against float64 at the threshold
@@ -94,8 +96,10 @@ def test_the_runtime_leaves_where_the_evaluators_do(net, name: str) -> None:  # 
     rt = EarlyExitRuntime(net, thr.tolist(), "maxprob", name, params).eval()
     deployed = deploy_early_exit(net, thr.tolist(), "maxprob", policy=name, params=params)
     with torch.no_grad():
-        logp: list[torch.Tensor] = []
-        outs = [rt.scorer.answer(k, z, logp) for k, z in enumerate(net(x))]  # what each exit answers
+        answers, outs = rt.scorer.start_answers(len(x), x), []
+        for k, z in enumerate(net(x)):  # what each exit answers
+            z, answers = rt.scorer.answer(k, z, answers)
+            outs.append(z)
         batch_logits, batch_exits = rt._run(x)
     assert (batch_exits.numpy() == want)[~close].all()
     for n in np.flatnonzero(~close)[:60]:
@@ -116,12 +120,12 @@ def test_the_scorer_refuses_what_it_cannot_run() -> None:
         ExitScorer("ensemble", K, params={"weight": np.eye(K).tolist(), "bias": [0.0] * 5})
 
 
-@pytest.mark.parametrize("name", GRAPHED)
+@pytest.mark.parametrize("name", DEPLOYED_POLICIES)
 def test_the_graphed_steps_carry_the_policy_state(net, name: str) -> None:  # type: ignore[no-untyped-def]
     """The CUDA-graphs runtime's steps (here as plain calls through the same buffers) leave where
     the TorchScript runtime does, under every policy: the state goes from step to step."""
     params, scores, x, _ = _fitted(name, net)
-    thr = np.full(K - 1, 1.5 / K) if name == "patience" else np.median(scores, axis=1)
+    thr = _thresholds(name, scores)
     rt = EarlyExitRuntime(net, thr.tolist(), "maxprob", name, params).eval()
     graphed = GraphedEarlyExit(net, thr.tolist(), (3, 16, 16), policy=name, params=params, graphs=False)
     exits = []
@@ -134,19 +138,13 @@ def test_the_graphed_steps_carry_the_policy_state(net, name: str) -> None:  # ty
     assert len(set(exits)) > 1
 
 
-def test_the_graphed_runtime_refuses_the_ensemble_policy_with_one_line(net) -> None:  # type: ignore[no-untyped-def]
-    params, _, _, _ = _fitted("ensemble", net)
-    with pytest.raises(UserError, match="run the exported TorchScript model"):
-        GraphedEarlyExit(net, [0.5] * (K - 1), (3, 16, 16), policy="ensemble", params=params, graphs=False)
-
-
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", GRAPHED)
+@pytest.mark.parametrize("name", DEPLOYED_POLICIES)
 def test_cuda_graphs_run_every_policy(net, name: str) -> None:  # type: ignore[no-untyped-def]
     """Recorded CUDA graphs, the policy's state in their buffers, leave where the TorchScript
     runtime does on the same GPU (images away from a threshold: TF32 may move a score a hair)."""
     params, scores, x, _ = _fitted(name, net)
-    thr = np.full(K - 1, 1.5 / K) if name == "patience" else np.median(scores, axis=1)
+    thr = _thresholds(name, scores)
     cuda = copy.deepcopy(net).cuda()
     rt = EarlyExitRuntime(cuda, thr.tolist(), "maxprob", name, params).eval().cuda()
     graphed = GraphedEarlyExit(cuda, thr.tolist(), (3, 16, 16), policy=name, params=params, graphs=True)
