@@ -57,7 +57,6 @@ class EarlyExitRuntime(nn.Module):
         self.single_loop = plain_exits(net)
         self.policy = policy
         self.scorer = ExitScorer(policy, len(thresholds) + 1, kind, params)
-        self.by_confidence = policy in ("threshold", "ensemble")  # the score is the answer's confidence
         # The batch-of-one scalar path's thresholds, and one never read: TorchScript infers a
         # list's type from its elements, and a net of one exit has no threshold.
         self.threshold_list = [float(t) for t in thresholds] + [math.inf]
@@ -76,15 +75,18 @@ class EarlyExitRuntime(nn.Module):
             exit_k = last
             done = False
             state = self.scorer.start_one()
-            answers = self.scorer.start_answers(1, x)
+            hist = torch.jit.annotate(List[float], [])
             # No `break` (TorchScript unrolls loops over ModuleLists and forbids it there).
             for k, step in enumerate(self.net.steps):
                 if not done:
                     x, logits = step(x, x)  # plain exits: the previous exit's logits are unread
-                    logits, answers = self.scorer.answer(k, logits, answers)
-                    if k == last:
+                    if self.policy == "ensemble":
+                        ans, score = self.scorer.answer_one(k, logits, hist)
+                        if k == last or score >= self.threshold_list[k]:
+                            out, exit_k, done = torch.tensor([ans], device=logits.device), k, True
+                    elif k == last:
                         out, done = logits, True
-                    elif self.by_confidence:
+                    elif self.policy == "threshold":
                         if bool(confidence(logits, self.kind)[0] >= self.thresholds[k]):
                             out, exit_k, done = logits, k, True
                     else:

@@ -76,7 +76,10 @@ def test_scores_match_the_evaluators(net, name: str) -> None:  # type: ignore[no
         got, state = scorer(k, z, state)
         np.testing.assert_allclose(got.numpy(), want[k], atol=2e-6, rtol=0)
     assert want.std() > 1e-3  # scores that vary: the comparison means something
-    if name in ("threshold", "ensemble"):  # the runtime compares the answer's confidence tensor itself
+    if name == "threshold":  # the runtime compares the confidence tensor itself
+        return
+    if name == "ensemble":
+        _check_ensemble_one(scorer, logits, want)
         return
     for n in range(40):  # the batch-of-one form, in Python floats
         one = scorer.start_one()
@@ -107,6 +110,31 @@ def test_the_runtime_leaves_where_the_evaluators_do(net, name: str) -> None:  # 
         assert int(e) == want[n] == int(deployed(x[n : n + 1])[1])
         torch.testing.assert_close(one[0], outs[want[n]][n])
         torch.testing.assert_close(batch_logits[n], outs[want[n]][n])
+
+
+def _check_ensemble_one(scorer: ExitScorer, logits: torch.Tensor, want: np.ndarray) -> None:
+    """The ensemble's batch-of-one form (Python floats, scripted) gives the tensor form's answer and
+    the evaluators' score, under both confidences."""
+    for kind in ("maxprob", "entropy"):
+        scorer.kind = kind
+        scripted = torch.jit.script(scorer)
+        tensor_answers = []
+        answers = scorer.start_answers(logits.shape[1], logits)
+        for k in range(K):
+            z, answers = scorer.answer(k, logits[k], answers)
+            tensor_answers.append(z)
+        for n in range(40):
+            hist: list[float] = []
+            for k in range(K):
+                # The scripted method gets a copy of the list (its appends stay inside); the eager one grows ``hist``.
+                ans, score = scripted.answer_one(k, logits[k, n : n + 1], list(hist))
+                eager_ans, eager_score = scorer.answer_one(k, logits[k, n : n + 1], hist)
+                assert eager_ans == pytest.approx(ans, abs=1e-9) and eager_score == pytest.approx(score, abs=1e-9)
+                np.testing.assert_allclose(ans, tensor_answers[k][n].numpy(), atol=1e-5)
+                assert score == pytest.approx(float(confidence(tensor_answers[k][n : n + 1], kind)[0]), abs=1e-5)
+                if kind == "maxprob" and k < K - 1:
+                    assert score == pytest.approx(want[k, n], abs=1e-5)
+    scorer.kind = "maxprob"
 
 
 def test_the_scorer_refuses_what_it_cannot_run() -> None:
