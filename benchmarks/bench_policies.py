@@ -295,7 +295,7 @@ def _per_budget(rows: dict[str, Any], best: str) -> list[str]:
         closed = f"{(pol - thr) / (orc - thr):.0%}" if orc - thr > 1e-9 else "—"
         lines.append(f"| {i / (BUDGETS - 1):.0%} | {thr:.4f} | {pol:.4f} | {orc:.4f} | {100 * (pol - thr):+.2f} | "
                      f"{closed} |")
-    return lines
+    return lines + [""]
 
 
 def _rules_table(rules: dict[str, Any], args: argparse.Namespace) -> list[str]:
