@@ -355,6 +355,7 @@ class EnsemblePolicy(Policy):
         self.weight: np.ndarray | None = None
         self.bias: np.ndarray | None = None
         self._oof: ExitCache | None = None
+        self._last: tuple[ExitCache, ExitCache] | None = None  # the last cache answered, and its answers
 
     def decision_macs(self, num_classes: int, num_exits: int = 1) -> int:
         # The log-softmax (an exp and a log per class) and one multiply-add per class per exit so far.
@@ -364,6 +365,7 @@ class EnsemblePolicy(Policy):
         if val.labels is None:
             raise ValueError("the ensemble is fit on the cache's labels: rebuild the cache")
         self.weight, self.bias = _fit_geometric(_logits(val), val.labels)
+        self._last = None
         if not out_of_fold:
             return
         fold = np.random.default_rng(0).permutation(val.num_samples) % self.FOLDS
@@ -381,12 +383,16 @@ class EnsemblePolicy(Policy):
     def load(self, state: dict[str, Any]) -> Policy:
         self.weight = np.asarray(state["weight"], dtype=np.float64)
         self.bias = np.asarray(state["bias"], dtype=np.float64)
+        self._last = None
         return self
 
     def answers(self, cache: ExitCache) -> ExitCache:
         if self.weight is None or self.bias is None:
             raise ValueError("fit the ensemble policy on val first")
-        return _answered(cache, _geometric(self.weight, self.bias, _logits(cache)))
+        # Scoring a cache asks for its answers and its scores: the ensemble is worked out once.
+        if self._last is None or self._last[0] is not cache:
+            self._last = (cache, _answered(cache, _geometric(self.weight, self.bias, _logits(cache))))
+        return self._last[1]
 
     def val_answers(self, val: ExitCache) -> ExitCache:
         return self._oof if self._oof is not None else self.answers(val)
